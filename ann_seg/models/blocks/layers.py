@@ -1,0 +1,58 @@
+"""Small building pieces shared by the blocks: N-d conv/norm/act and their defaults."""
+from typing import Callable, Optional
+
+import torch.nn as nn
+
+NormLayer = Callable[[int], nn.Module]
+ActLayer = Callable[[], nn.Module]
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_BATCH_NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+_MAX_POOL = {1: nn.functional.max_pool1d, 2: nn.functional.max_pool2d,
+             3: nn.functional.max_pool3d}
+
+
+def check_dims(dims: int) -> int:
+    if dims not in _CONV:
+        raise ValueError(f'dims must be 1, 2 or 3 (sequence, image, video), got {dims!r}')
+    return dims
+
+
+def check_positive(name: str, value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f'{name} must be a positive int, got {value!r}')
+    return value
+
+
+def conv_nd(dims: int) -> type:
+    return _CONV[check_dims(dims)]
+
+
+def batch_norm_nd(dims: int) -> type:
+    return _BATCH_NORM[check_dims(dims)]
+
+
+def max_pool_nd(dims: int) -> Callable:
+    return _MAX_POOL[check_dims(dims)]
+
+
+class ConvNormAct(nn.Sequential):
+    """``conv -> norm -> act`` with a kernel-size ``k`` N-d convolution ("same" padding).
+
+    The conv has a bias only when no norm follows it. ``norm_layer``/``act_layer`` of ``None``
+    drop the piece. Submodules are named ``conv``, ``norm``, ``act``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, dims: int = 2,
+                 norm_layer: Optional[NormLayer] = None, act_layer: Optional[ActLayer] = None,
+                 dilation: int = 1):
+        super().__init__()
+        check_positive('in_channels', in_channels)
+        check_positive('out_channels', out_channels)
+        padding = dilation * (kernel_size - 1) // 2
+        self.conv = conv_nd(dims)(in_channels, out_channels, kernel_size, padding=padding,
+                                  dilation=dilation, bias=norm_layer is None)
+        if norm_layer is not None:
+            self.norm = norm_layer(out_channels)
+        if act_layer is not None:
+            self.act = act_layer()

@@ -1,0 +1,138 @@
+"""End to end through mmengine's Runner: train, checkpoint, resume, test; our tools and mmseg's."""
+
+import os.path as osp
+import re
+
+import pytest
+import torch
+from conftest import CONFIGS, REPO, as_cli, run_tool, small_run_options
+
+pytestmark = pytest.mark.slow
+
+CITYSCAPES_CFG = osp.join(CONFIGS, "ann", "ann_r50-d8_4xb2-40k_cityscapes-512x1024.py")
+ADE20K_CFG = osp.join(CONFIGS, "ann", "ann_r50-d8_4xb4-80k_ade20k-512x512.py")
+
+
+def mmseg_tool(name):
+    import mmseg
+
+    path = osp.join(osp.dirname(mmseg.__file__), ".mim", "tools", name)
+    assert osp.isfile(path), f"mmseg ships no {path}"
+    return path
+
+
+def miou_from_log(text):
+    found = re.findall(r"mIoU: ([0-9.]+|nan)", text)
+    assert found, f"no mIoU printed:\n{text[-3000:]}"
+    return float(found[-1])
+
+
+def saved_iteration(path):
+    from ann_seg.utils.checkpoint import safe_load_checkpoint
+
+    return safe_load_checkpoint(path)["meta"]["iter"]
+
+
+@pytest.mark.parametrize("tool_kind", ["ann_seg", "mmseg"])
+@pytest.mark.parametrize("layout", ["cityscapes", "ade20k"])
+def test_train_resume_test(tool_kind, layout, tmp_path, request):
+    data_root = request.getfixturevalue(f"{layout}_root")
+    config = CITYSCAPES_CFG if layout == "cityscapes" else ADE20K_CFG
+    train_py = (
+        osp.join(REPO, "tools", "train.py") if tool_kind == "ann_seg" else mmseg_tool("train.py")
+    )
+    test_py = (
+        osp.join(REPO, "tools", "test.py") if tool_kind == "ann_seg" else mmseg_tool("test.py")
+    )
+    work_dir = str(tmp_path / "work")
+
+    first = small_run_options(data_root, max_iters=2, layout=layout)
+    run_tool(
+        [train_py, config, "--work-dir", work_dir, "--cfg-options", *as_cli(first)],
+        cwd=str(tmp_path),
+    )
+    assert saved_iteration(osp.join(work_dir, "iter_2.pth")) == 2
+
+    # stop at 2, then --resume continues from the saved iteration to 4
+    second = small_run_options(data_root, max_iters=4, layout=layout)
+    proc = run_tool(
+        [train_py, config, "--work-dir", work_dir, "--resume", "--cfg-options", *as_cli(second)],
+        cwd=str(tmp_path),
+    )
+    log = proc.stdout + proc.stderr
+    assert re.search(r"resumed epoch: \d+, iter: 2", log), log[-3000:]
+    assert "Iter(train) [3/4]" in log and "Iter(train) [1/4]" not in log
+    assert saved_iteration(osp.join(work_dir, "iter_4.pth")) == 4
+
+    proc = run_tool(
+        [
+            test_py,
+            config,
+            osp.join(work_dir, "iter_4.pth"),
+            "--work-dir",
+            str(tmp_path / "test"),
+            "--cfg-options",
+            *as_cli(second),
+        ],
+        cwd=str(tmp_path),
+    )
+    miou = miou_from_log(proc.stdout + proc.stderr)
+    assert 0.0 <= miou <= 100.0
+
+
+def test_api_train_then_test_writes_predictions(cityscapes_root, tmp_path):
+    from ann_seg.apis import test, train
+
+    options = small_run_options(cityscapes_root, max_iters=2)
+    work_dir = str(tmp_path / "work")
+    model = train(CITYSCAPES_CFG, work_dir=work_dir, cfg_options=options)
+    assert isinstance(model, torch.nn.Module)
+    metrics = test(
+        CITYSCAPES_CFG,
+        osp.join(work_dir, "iter_2.pth"),
+        work_dir=work_dir,
+        out=str(tmp_path / "pred"),
+        cfg_options=options,
+    )
+    assert "mIoU" in metrics
+    written = sorted(p.name for p in (tmp_path / "pred").rglob("*.png"))
+    assert len(written) == 4, written
+
+
+def test_torchrun_two_processes_gloo(cityscapes_root, tmp_path):
+    """Two CPU processes through torchrun (tools/dist_train.sh) train with DDP over gloo."""
+    import subprocess
+    import sys
+
+    options = small_run_options(cityscapes_root, max_iters=2)
+    options["train_dataloader.batch_size"] = 1
+    env = dict(
+        __import__("os").environ,
+        PYTHON=sys.executable,
+        PORT="29611",
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
+    proc = subprocess.run(
+        [
+            "bash",
+            osp.join(REPO, "tools", "dist_train.sh"),
+            CITYSCAPES_CFG,
+            "2",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--cfg-options",
+            *as_cli(options),
+        ],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    assert (
+        "Distributed launcher: pytorch" in log or "'world_size': 2" in log or "World size: 2" in log
+    ), log[-3000:]
+    assert saved_iteration(str(tmp_path / "work" / "iter_2.pth")) == 2
