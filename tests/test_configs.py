@@ -62,7 +62,7 @@ def test_config_builds_and_runs(path):
     assert torch.isfinite(logits).all()
 
 
-DEMO = osp.join(CONFIGS, "demo", "ann_r18-d8_1xb8-1k_synthetic-128x256.py")
+DEMO = osp.join(CONFIGS, "demo", "ann_r18-d8_1xb8-600it_synthetic-128x256.py")
 
 
 @pytest.mark.parametrize(

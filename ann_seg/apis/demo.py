@@ -10,7 +10,7 @@ import time
 from typing import Optional
 
 DEMO_CONFIG = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))),
-                       'configs', 'demo', 'ann_r18-d8_1xb8-1k_synthetic-128x256.py')
+                       'configs', 'demo', 'ann_r18-d8_1xb8-600it_synthetic-128x256.py')
 
 
 def run_demo(config: str = DEMO_CONFIG, data_root: str = 'data/synthetic_long_range',
@@ -32,7 +32,9 @@ def run_demo(config: str = DEMO_CONFIG, data_root: str = 'data/synthetic_long_ra
                'test_dataloader.dataset.data_root': data_root,
                'randomness.seed': seed}
     if max_iters is not None:
-        options.update({'train_cfg.max_iters': max_iters,
+        warmup = max(1, min(50, max_iters // 5))
+        options.update({'param_scheduler.0.end': warmup, 'param_scheduler.1.begin': warmup,
+                        'train_cfg.max_iters': max_iters,
                         'train_cfg.val_interval': max_iters,
                         'default_hooks.checkpoint.interval': max_iters,
                         'param_scheduler.1.end': max_iters})

@@ -1,4 +1,5 @@
-# Demo: ANN on a ResNet-18-D8 trained from scratch on the built-in long-range synthetic set.
+# Demo: ANN on a quarter-width ResNet-18-D8 (base 16 channels) trained from scratch on the
+# built-in long-range synthetic set.
 # Runs on a 2-core CPU in a few minutes: python tools/demo.py (or tools/train.py with this file).
 _base_ = [
     '../_base_/models/ann_r50-d8.py', '../_base_/datasets/synthetic_long_range.py',
@@ -11,13 +12,13 @@ crop_size = (128, 256)
 model = dict(
     pretrained=None,
     data_preprocessor=dict(size=crop_size),
-    backbone=dict(depth=18, norm_cfg=norm_cfg),
+    backbone=dict(depth=18, stem_channels=16, base_channels=16, norm_cfg=norm_cfg),
     decode_head=dict(
-        in_channels=[256, 512], channels=128, key_channels=64, num_classes=num_classes,
+        in_channels=[64, 128], channels=64, key_channels=32, num_classes=num_classes,
         norm_cfg=norm_cfg),
     auxiliary_head=dict(
-        in_channels=256, channels=64, num_classes=num_classes, norm_cfg=norm_cfg))
-max_iters = 1000
+        in_channels=64, channels=32, num_classes=num_classes, norm_cfg=norm_cfg))
+max_iters = 600
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=2e-3, weight_decay=1e-4),
@@ -26,14 +27,14 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=50),
     dict(type='PolyLR', eta_min=1e-5, power=0.9, begin=50, end=max_iters, by_epoch=False)
 ]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=500)
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=300)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
+    logger=dict(type='LoggerHook', interval=25, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=500, max_keep_ckpts=2,
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=300, max_keep_ckpts=2,
                     save_best='mIoU'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))
