@@ -24,6 +24,6 @@ setup(
         'matplotlib',
         'rich',
     ],
-    extras_require={'dev': ['pytest>=7', 'ruff']},
+    extras_require={'dev': ['pytest>=7', 'ruff', 'onnx', 'onnxruntime', 'onnxscript', 'scikit-image']},
     license='Apache-2.0',
 )

@@ -1,0 +1,364 @@
+"""Block-level efficiency comparison after the ANN paper (``tools/benchmark_blocks.py``).
+
+Zhu et al. (ICCV 2019) report that for a 256x128 input APNB is ~6x faster than a non-local
+block on a GPU and uses ~28x less memory. Their script (MendelXu/ANN, efficiency_statics/)
+feeds ``[1, 2048, H, W]`` to each block in eval mode under ``no_grad``, with key and value
+channels 256, takes the mean time of 20 runs and ``max_memory_allocated``, and subtracts the
+time and memory of an identity block. Their two blocks are *attention units* (query/key conv
++ BN + ReLU shared, value conv, ``softmax(q k^T / sqrt(256)) v``, output conv to 2048; APNB
+with pyramid-pooled keys/values, NL with all positions); no fusion conv.
+
+Here every row runs on the same input, timed interleaved with the identity baseline (see
+``measure.time_interleaved``); reported: mean/median/min/max time, peak memory of one extra
+step (``measure.PeakMemoryTracker``), both also minus the identity's (``net``), and the ratios
+``ref / row`` of the net values against the non-local references (speed-up and memory
+saving, > 1 = better than the reference). Rows whose estimated peak memory exceeds a budget
+are skipped; the estimate fits ``c + a N + b N^2`` to the measured peaks at 1/16, 1/8 and 1/4
+of each side (``N`` positions; see ``estimate_peak_bytes``).
+"""
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from .measure import MIB, TimingCase, format_error, latency_stats, measure_peak_memory
+from .measure import time_interleaved as _time_interleaved
+
+DEFAULT_SHAPE = (128, 256)
+REFERENCES = ('nl_explicit', 'nl_sdpa')
+PAPER = dict(speedup=6.0, memory_saving=28.0, shape=(128, 256), device='GPU')
+
+
+@dataclass
+class BlockDims:
+    """Channels of the comparison: input C, key/value C', AFNB's low-level input."""
+    in_channels: int = 2048
+    key_channels: int = 256
+    low_channels: int = 1024
+
+
+@dataclass
+class BlockSpec:
+    """A row: ``build(dims)`` gives the module; ``pair`` blocks take ``(x_low, x_high)``."""
+    name: str
+    description: str
+    build: Callable[[BlockDims], nn.Module]
+    pair: bool = False
+
+
+def _nl(backend: str) -> Callable[[BlockDims], nn.Module]:
+    def build(d: BlockDims) -> nn.Module:
+        from ann_seg.models.blocks import NonLocalBlock
+        return NonLocalBlock(d.in_channels, d.key_channels, mode='embedded_gaussian',
+                             backend=backend)
+    return build
+
+
+def _attention_unit(pyramid: bool, backend: str) -> Callable[[BlockDims], nn.Module]:
+    """The authors' measured unit (efficiency_statics/block/{apnb,base_oc_block}.py)."""
+    def build(d: BlockDims) -> nn.Module:
+        from ann_seg.models.blocks import AsymmetricAttention, PyramidPoolingSampler
+        sampler = PyramidPoolingSampler((1, 3, 6, 8)) if pyramid else None
+        return AsymmetricAttention(d.in_channels, d.in_channels, d.key_channels,
+                                   d.key_channels, d.in_channels, sampler=sampler,
+                                   share='query_key', norm_layer=nn.BatchNorm2d,
+                                   act_layer=nn.ReLU, backend=backend)
+    return build
+
+
+def _cgnl(d: BlockDims) -> nn.Module:
+    from ann_seg.models.blocks import CGNLBlock
+    return CGNLBlock(d.in_channels, d.key_channels, groups=8)
+
+
+def _apnb(d: BlockDims) -> nn.Module:
+    from ann_seg.models.blocks import APNB
+    return APNB(d.in_channels, d.in_channels, d.key_channels)
+
+
+def _afnb(d: BlockDims) -> nn.Module:
+    from ann_seg.models.blocks import AFNB
+    return AFNB(d.low_channels, d.in_channels, d.in_channels, d.key_channels)
+
+
+def _mmcv_nonlocal(d: BlockDims) -> nn.Module:
+    from mmcv.cnn import NonLocal2d
+    return NonLocal2d(d.in_channels, reduction=d.in_channels // d.key_channels,
+                      mode='embedded_gaussian')
+
+
+def _mmseg_apnb(d: BlockDims) -> nn.Module:
+    from mmseg.models.decode_heads.ann_head import APNB
+    return APNB(d.in_channels, d.key_channels, d.in_channels, query_scales=(1,),
+                key_pool_scales=(1, 3, 6, 8), conv_cfg=None, norm_cfg=dict(type='BN'),
+                act_cfg=dict(type='ReLU'))
+
+
+BLOCKS: List[BlockSpec] = [
+    BlockSpec('identity', 'nn.Identity: the baseline subtracted from every row',
+              lambda d: nn.Identity()),
+    BlockSpec('nl_explicit', "NonLocalBlock, embedded Gaussian, backend='explicit' (N x N "
+              'matrix)', _nl('explicit')),
+    BlockSpec('nl_sdpa', "NonLocalBlock, embedded Gaussian, backend='sdpa'", _nl('sdpa')),
+    BlockSpec('cgnl', 'CGNLBlock, Gaussian kernel, order 3, 8 groups', _cgnl),
+    BlockSpec('apnb', 'APNB: pyramid attention + concat fusion (1x1 conv 2C -> C, BN, ReLU)',
+              _apnb),
+    BlockSpec('afnb', 'AFNB: queries from the high-level map, anchors from a low-level map',
+              _afnb, pair=True),
+    BlockSpec('nl_attention', "authors' NL unit (BaseOC): shared q/k, all N anchors, explicit",
+              _attention_unit(False, 'explicit')),
+    BlockSpec('apnb_attention', "authors' APNB unit: shared q/k, S = 110 pyramid anchors",
+              _attention_unit(True, 'auto')),
+    BlockSpec('mmcv_nonlocal2d', 'mmcv.cnn.NonLocal2d, embedded Gaussian (N x N matrix)',
+              _mmcv_nonlocal),
+    BlockSpec('mmseg_apnb', 'mmseg.models.decode_heads.ann_head.APNB (with its fusion conv)',
+              _mmseg_apnb),
+]
+BLOCK_NAMES = tuple(spec.name for spec in BLOCKS)
+
+
+def block_inputs(spec: BlockSpec, dims: BlockDims, shape: Tuple[int, int], batch_size: int,
+                 device: str) -> Tuple[torch.Tensor, ...]:
+    x = torch.randn(batch_size, dims.in_channels, *shape, device=device)
+    if spec.pair:
+        return torch.randn(batch_size, dims.low_channels, *shape, device=device), x
+    return (x,)
+
+
+def _eval_step(module: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> Callable[[], None]:
+    def step() -> None:
+        with torch.no_grad():
+            module(*inputs)
+    return step
+
+
+DIRECT_ESTIMATE_POSITIONS = 4096
+
+
+def estimate_peak_bytes(spec: BlockSpec, module: nn.Module, dims: BlockDims,
+                        shape: Tuple[int, int], batch_size: int, device: str) -> int:
+    """Peak memory of one step at ``shape``, without running it there.
+
+    Up to ``DIRECT_ESTIMATE_POSITIONS`` positions the step is simply measured. Beyond, three
+    probes at 1/16, 1/8 and 1/4 of each side are measured and ``c + a N + b N^2`` (``N``
+    positions; ``b >= 0``) through them is evaluated at ``N``.
+    """
+    n = shape[0] * shape[1]
+    if n <= DIRECT_ESTIMATE_POSITIONS:
+        probes = [shape]
+    else:
+        probes = [(max(1, shape[0] // s), max(1, shape[1] // s)) for s in (16, 8, 4)]
+    sizes, peaks = [], []
+    for probe in dict.fromkeys(probes):
+        inputs = block_inputs(spec, dims, probe, batch_size, device)
+        peaks.append(float(measure_peak_memory(_eval_step(module, inputs), device)))
+        sizes.append(float(probe[0] * probe[1]))
+        del inputs
+    if len(sizes) == 1:
+        return int(peaks[0] * n / sizes[0])
+    positions = torch.tensor(sizes, dtype=torch.float64)
+    measured = torch.tensor(peaks, dtype=torch.float64)[:, None]
+    quadratic = torch.stack([torch.ones_like(positions), positions, positions ** 2], 1)
+    coef = torch.linalg.lstsq(quadratic, measured).solution[:, 0]
+    if coef[2] < 0:  # no quadratic term: a line through the probes
+        coef = torch.linalg.lstsq(quadratic[:, :2], measured).solution[:, 0]
+        coef = torch.cat([coef, coef.new_zeros(1)])
+    estimate = float(coef[0] + coef[1] * n + coef[2] * n * n)
+    return int(max(estimate, max(peaks)))
+
+
+@dataclass
+class _Row:
+    spec: BlockSpec
+    module: Optional[nn.Module] = None
+    inputs: Optional[tuple] = None
+    case: Optional[TimingCase] = None
+    status: str = 'ok'
+    error: Optional[str] = None
+    estimate: Optional[int] = None
+    peak: Optional[int] = None
+
+
+def benchmark_blocks(shape: Tuple[int, int] = DEFAULT_SHAPE, dims: Optional[BlockDims] = None,
+                     rows: Optional[Sequence[str]] = None, batch_size: int = 1,
+                     repeat: int = 10, warmup: int = 2, device: str = 'cpu',
+                     max_memory_gb: Optional[float] = 4.0,
+                     progress: bool = True) -> Dict[str, Any]:
+    """Run the block comparison; returns ``dict(rows=[...], paper_comparison={...})``.
+
+    ``rows``: names from ``BLOCK_NAMES`` (default all; ``identity`` is always added).
+    ``max_memory_gb``: skip rows whose estimated peak exceeds it (``None``: no limit).
+    """
+    dims = dims or BlockDims()
+    names = list(BLOCK_NAMES if rows is None else rows)
+    unknown = sorted(set(names) - set(BLOCK_NAMES))
+    if unknown:
+        raise ValueError(f'unknown block rows {unknown}; choose from {BLOCK_NAMES}')
+    if 'identity' not in names:
+        names.insert(0, 'identity')
+    specs = [spec for spec in BLOCKS if spec.name in names]
+    budget = None if max_memory_gb is None else max_memory_gb * (1 << 30)
+
+    entries = []
+    for spec in specs:
+        entry = _Row(spec)
+        entries.append(entry)
+        try:
+            entry.module = spec.build(dims).to(device).eval()
+            entry.estimate = estimate_peak_bytes(spec, entry.module, dims, shape, batch_size,
+                                                 device)
+        except Exception as error:
+            entry.status, entry.error = 'error', format_error(error)
+            continue
+        if budget is not None and entry.estimate > budget:
+            entry.status = 'skipped'
+            entry.error = (f'estimated peak {entry.estimate / (1 << 30):.2f} GiB > '
+                           f'--max-memory-gb {max_memory_gb:g}')
+            continue
+        entry.inputs = block_inputs(spec, dims, shape, batch_size, device)
+        entry.case = TimingCase(spec.name, _eval_step(entry.module, entry.inputs))
+
+    cases = [e.case for e in entries if e.case is not None]
+    if progress:
+        print(f'timing {len(cases)} block(s) at {shape[0]}x{shape[1]}: {warmup} warm-up + '
+              f'{repeat} interleaved rounds', file=sys.stderr)
+    _time_interleaved(cases, repeat, warmup, device, progress)
+    for entry in entries:
+        if entry.case is None:
+            continue
+        if not entry.case.ok:
+            entry.status, entry.error = 'error', format_error(entry.case.error)
+        else:
+            entry.peak = measure_peak_memory(entry.case.step, device)
+        entry.inputs = None  # free the inputs before the next row's memory step
+
+    results = [_row_dict(entry) for entry in entries]
+    _add_net_and_ratios(results)
+    return dict(rows=results, paper_comparison=_paper_comparison(results))
+
+
+def _row_dict(entry: _Row) -> Dict[str, Any]:
+    row: Dict[str, Any] = dict(
+        name=entry.spec.name, description=entry.spec.description, status=entry.status,
+        estimate_mib=None if entry.estimate is None else entry.estimate / MIB)
+    if entry.module is not None:
+        row['params_m'] = sum(p.numel() for p in entry.module.parameters()) / 1e6
+    if entry.status != 'ok':
+        row['error'] = entry.error
+        return row
+    row.update(time_ms=latency_stats(entry.case.times),
+               times_ms=[t * 1e3 for t in entry.case.times], peak_mib=entry.peak / MIB)
+    return row
+
+
+def _add_net_and_ratios(rows: List[Dict[str, Any]]) -> None:
+    by_name = {r['name']: r for r in rows if r['status'] == 'ok'}
+    base = by_name.get('identity')
+    for row in by_name.values():
+        row['net_time_ms'] = row['time_ms']['mean'] - (base['time_ms']['mean'] if base else 0)
+        row['net_peak_mib'] = row['peak_mib'] - (base['peak_mib'] if base else 0)
+    for row in by_name.values():
+        row['speedup_vs'], row['memory_saving_vs'] = {}, {}
+        if row['name'] == 'identity':
+            continue
+        for ref_name in REFERENCES:
+            ref = by_name.get(ref_name)
+            if ref is not None:
+                row['speedup_vs'][ref_name] = _ratio(ref['net_time_ms'], row['net_time_ms'])
+                row['memory_saving_vs'][ref_name] = _ratio(ref['net_peak_mib'],
+                                                           row['net_peak_mib'])
+
+
+def _ratio(numerator: float, denominator: float) -> Optional[float]:
+    return numerator / denominator if denominator > 0 else None
+
+
+def _paper_comparison(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """APNB vs NL as the authors measured (attention units), next to the paper's figures."""
+    by_name = {r['name']: r for r in rows if r['status'] == 'ok'}
+    result: Dict[str, Any] = dict(paper=PAPER)
+    for label, (ours, ref) in dict(attention_units=('apnb_attention', 'nl_attention'),
+                                   full_blocks=('apnb', 'nl_explicit'),
+                                   full_blocks_sdpa=('apnb', 'nl_sdpa')).items():
+        if ours in by_name and ref in by_name:
+            a, b = by_name[ours], by_name[ref]
+            result[label] = dict(
+                block=ours, reference=ref,
+                speedup=_ratio(b['net_time_ms'], a['net_time_ms']),
+                memory_saving=_ratio(b['net_peak_mib'], a['net_peak_mib']))
+    return result
+
+
+def block_table(result: Dict[str, Any]) -> str:
+    """Markdown table of ``benchmark_blocks`` rows."""
+    from .report import markdown_table
+
+    def fmt(value, spec='{:.1f}'):
+        return '–' if value is None else spec.format(value)
+
+    header = ['block', 'time ms (mean)', 'median', 'net ms', 'peak MiB', 'net MiB',
+              'est. MiB', 'params M', 'speed-up vs NL', 'mem. saving vs NL',
+              'speed-up vs NL-SDPA', 'mem. saving vs NL-SDPA']
+    body = []
+    for row in result['rows']:
+        if row['status'] != 'ok':
+            body.append([row['name'], f"**{row['status']}**: {row['error']}", '', '', '', '',
+                         fmt(row.get('estimate_mib'), '{:.0f}'),
+                         fmt(row.get('params_m'), '{:.2f}'), '', '', '', ''])
+            continue
+        speed, mem = row['speedup_vs'], row['memory_saving_vs']
+        body.append([
+            row['name'], fmt(row['time_ms']['mean']), fmt(row['time_ms']['median']),
+            fmt(row['net_time_ms']), fmt(row['peak_mib']), fmt(row['net_peak_mib']),
+            fmt(row['estimate_mib'], '{:.0f}'), fmt(row.get('params_m'), '{:.2f}'),
+            fmt(speed.get('nl_explicit'), '{:.2f}'), fmt(mem.get('nl_explicit'), '{:.2f}'),
+            fmt(speed.get('nl_sdpa'), '{:.2f}'), fmt(mem.get('nl_sdpa'), '{:.2f}')])
+    return markdown_table(header, body)
+
+
+def paper_lines(result: Dict[str, Any]) -> List[str]:
+    """Plain-text summary of ``paper_comparison``."""
+    comparison, lines = result['paper_comparison'], []
+    paper = comparison['paper']
+    for label in ('attention_units', 'full_blocks', 'full_blocks_sdpa'):
+        item = comparison.get(label)
+        if item is None:
+            continue
+        speed = '–' if item['speedup'] is None else f"{item['speedup']:.2f}x"
+        memory = '–' if item['memory_saving'] is None else f"{item['memory_saving']:.2f}x"
+        lines.append(f"{item['block']} vs {item['reference']}: {speed} faster, {memory} less "
+                     f"memory (paper, {paper['device']} at 256x128: {paper['speedup']:g}x, "
+                     f"{paper['memory_saving']:g}x)")
+    return lines
+
+
+def run_block_benchmark(shape: Tuple[int, int] = DEFAULT_SHAPE,
+                        dims: Optional[BlockDims] = None, rows: Optional[Sequence[str]] = None,
+                        batch_size: int = 1, repeat: int = 10, warmup: int = 2,
+                        device: str = 'cpu', max_memory_gb: Optional[float] = 4.0,
+                        json_path: Optional[str] = None, progress: bool = True) -> int:
+    """``tools/benchmark_blocks.py``: measure, print the table and the paper comparison,
+    write JSON. Returns 1 if a row failed (skipped rows are not failures), else 0."""
+    from .report import environment, write_json
+
+    dims = dims or BlockDims()
+    meta = environment(device)
+    result = benchmark_blocks(shape, dims, rows, batch_size, repeat, warmup, device,
+                              max_memory_gb, progress)
+    print(f'input [{batch_size}, {dims.in_channels}, {shape[0]}, {shape[1]}] (AFNB low: '
+          f'{dims.low_channels} ch), key/value {dims.key_channels} ch, eval + no_grad, '
+          f'{device}, {meta["threads"]} thread(s), load {meta["load_average"][0]:.1f}; '
+          f'{repeat} interleaved rounds after {warmup} warm-up; net = minus identity; '
+          f'NL = nl_explicit')
+    print()
+    print(block_table(result))
+    print()
+    for line in paper_lines(result):
+        print(line)
+    if json_path:
+        settings = dict(shape=list(shape), batch_size=batch_size, repeat=repeat, warmup=warmup,
+                        device=device, max_memory_gb=max_memory_gb, **vars(dims))
+        write_json(json_path, dict(meta=meta, settings=settings, **result))
+    return 1 if any(r['status'] == 'error' for r in result['rows']) else 0
