@@ -7,7 +7,12 @@ from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
 
 from ..blocks import AFNB, APNB
-from ._builders import act_layer_from_cfg, check_in_channels, norm_layer_from_cfg
+from ._builders import (
+    act_layer_from_cfg,
+    check_in_channels,
+    check_single_in_channels,
+    norm_layer_from_cfg,
+)
 
 
 @MODELS.register_module()
@@ -67,3 +72,34 @@ class ANNSegHead(BaseDecodeHead):
 
     def forward(self, inputs) -> torch.Tensor:
         return self.cls_seg(self._forward_feature(inputs))
+
+
+@MODELS.register_module()
+class APNBSegHead(BaseDecodeHead):
+    """APNB alone on one backbone stage: ``3x3 conv -> APNB -> classifier`` (the ANN head
+    without AFNB's cross-level fusion; the paper's APNB-only ablation).
+
+    Args:
+        key_channels, value_channels, pool_sizes, share, fusion, block_dropout,
+        attention_backend: as in ``ANNSegHead``.
+        **kwargs: ``BaseDecodeHead`` arguments with a single ``in_channels``/``in_index``.
+    """
+
+    def __init__(self, key_channels: int = 256, value_channels: Optional[int] = None,
+                 pool_sizes: Sequence[int] = (1, 3, 6, 8), share: str = 'query_key',
+                 fusion: str = 'concat', block_dropout: float = 0.05,
+                 attention_backend: str = 'auto', **kwargs):
+        kwargs.setdefault('dropout_ratio', 0.0)
+        check_single_in_channels(type(self).__name__, kwargs.get('in_channels'))
+        super().__init__(**kwargs)
+        self.bottleneck = ConvModule(self.in_channels, self.channels, 3, padding=1,
+                                     conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
+                                     act_cfg=self.act_cfg)
+        self.context = APNB(self.channels, self.channels, key_channels, value_channels,
+                            pool_sizes, share=share, fusion=fusion, dropout=block_dropout,
+                            norm_layer=norm_layer_from_cfg(self.norm_cfg),
+                            act_layer=act_layer_from_cfg(self.act_cfg),
+                            backend=attention_backend)
+
+    def forward(self, inputs) -> torch.Tensor:
+        return self.cls_seg(self.context(self.bottleneck(self._transform_inputs(inputs))))
