@@ -24,6 +24,8 @@ setup(
         'matplotlib',
         'rich',
     ],
-    extras_require={'dev': ['pytest>=7', 'ruff', 'onnx', 'onnxruntime', 'onnxscript', 'scikit-image']},
+    extras_require={
+        'dev': ['pytest>=7', 'ruff', 'onnx', 'onnxruntime', 'onnxscript', 'scikit-image'],
+    },
     license='Apache-2.0',
 )
