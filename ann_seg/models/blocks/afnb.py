@@ -4,12 +4,12 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .apnb import check_fusion, dropout_nd, pyramid_sampler
+from .apnb import AttentionFusionBlock, check_fusion, dropout_nd, pyramid_sampler
 from .asymmetric import AsymmetricAttention, check_channels
 from .layers import ActLayer, ConvNormAct, NormLayer, batch_norm_nd, check_dims, check_positive
 
 
-class AFNB(nn.Module):
+class AFNB(AttentionFusionBlock):
     """Cross-level attention: queries from the high-level map ``X_h`` (stage 5), keys and
     values from S pyramid-pooled anchors of the low-level map ``X_l`` (stage 4).
 
@@ -61,11 +61,10 @@ class AFNB(nn.Module):
         fuse_in = attention_out + high_in_channels if fusion == 'concat' else high_in_channels
         self.fuse = ConvNormAct(fuse_in, out_channels, 1, dims, norm_layer, None)
         self.dropout = dropout_nd(dropout, dims)
+        self.folded = None
 
     def forward(self, x_low: torch.Tensor, x_high: torch.Tensor) -> torch.Tensor:
         owner = type(self).__name__
         check_channels('x_low', x_low, self.low_in_channels, self.dims, owner)
         check_channels('x_high', x_high, self.high_in_channels, self.dims, owner)
-        context = self.attention(x_high, x_low)
-        fused = torch.cat([context, x_high], 1) if self.fusion == 'concat' else x_high + context
-        return self.dropout(self.fuse(fused))
+        return self._fused_output(x_high, x_low)

@@ -28,7 +28,71 @@ def pyramid_sampler(pool_sizes: Sequence[int], sampler) -> nn.Module:
     return PyramidPoolingSampler(pool_sizes) if sampler is None else sampler
 
 
-class APNB(nn.Module):
+def _affine_of_norm(norm: Optional[nn.Module], channels: int, like: torch.Tensor):
+    """``(scale, shift)`` of an eval-mode BatchNorm (or of no norm)."""
+    if norm is None or isinstance(norm, nn.Identity):
+        return like.new_ones(channels), like.new_zeros(channels)
+    if not isinstance(norm, nn.modules.batchnorm._BatchNorm) or norm.training:
+        raise ValueError(f'fold_() needs an eval-mode BatchNorm after the fusion conv, got '
+                         f'{type(norm).__name__} (training={norm.training})')
+    scale = norm.running_var.add(norm.eps).rsqrt()
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    return scale, shift
+
+
+class AttentionFusionBlock(nn.Module):
+    """What APNB and AFNB share: ``Y = dropout(act(norm(conv(fuse(W_o(O), X)))))``, and its
+    exact inference-time folding (``fold_``)."""
+
+    attention: AsymmetricAttention
+    fuse: ConvNormAct
+    fusion: str
+
+    def _fused_output(self, x: torch.Tensor, x_kv: Optional[torch.Tensor] = None):
+        if self.folded is not None:
+            out = self.folded(torch.cat([self.attention.context(x, x_kv), x], 1))
+            if hasattr(self.fuse, 'act'):
+                out = self.fuse.act(out)
+        else:
+            context = self.attention(x, x_kv)
+            fused = torch.cat([context, x], 1) if self.fusion == 'concat' else x + context
+            out = self.fuse(fused)
+        return self.dropout(out)
+
+    @torch.no_grad()
+    def fold_(self) -> 'AttentionFusionBlock':
+        """For inference: merge ``W_o``, the fusion conv and its BatchNorm into one 1x1 conv
+        over ``cat(O, X)`` (exact: no nonlinearity lies between them). ``concat``:
+        ``BN(W_f [W_o O + b_o; X]) = (a W_fa W_o) O + (a W_fb) X + a (W_fa b_o) + c``; ``add``
+        likewise with ``W_fa = W_fb = W_f``. Saves ``W_o`` and shrinks the fusion GEMM from
+        ``out + in`` to ``value + in`` input channels. Needs eval mode; irreversible."""
+        if self.training:
+            raise RuntimeError(f'{type(self).__name__}.fold_() is for inference: call eval() first')
+        if self.folded is not None:
+            return self
+        w_out = self.attention.out_proj.weight.flatten(1)  # (attn_out, value)
+        b_out = self.attention.out_proj.bias
+        conv = self.fuse.conv
+        w_fuse = conv.weight.flatten(1)  # (out, fuse_in)
+        b_fuse = conv.bias if conv.bias is not None else w_fuse.new_zeros(w_fuse.shape[0])
+        scale, shift = _affine_of_norm(getattr(self.fuse, 'norm', None), w_fuse.shape[0], w_fuse)
+        attn_out = w_out.shape[0]
+        w_a = w_fuse[:, :attn_out]
+        w_x = w_fuse[:, attn_out:] if self.fusion == 'concat' else w_fuse
+        weight = torch.cat([w_a @ w_out, w_x], 1) * scale[:, None]
+        bias = (w_a @ b_out + b_fuse) * scale + shift
+        folded = type(conv)(weight.shape[1], weight.shape[0], 1, bias=True)
+        folded.weight.copy_(weight.reshape(folded.weight.shape))
+        folded.bias.copy_(bias)
+        self.folded = folded.to(device=w_fuse.device, dtype=w_fuse.dtype)
+        return self
+
+
+class APNB(AttentionFusionBlock):
     """Self-attention of every position to S pyramid-pooled anchors of the same map.
 
     ``Y = fuse(W_o(O), X)`` with ``O = softmax(theta(X)^T P(phi(X)) / sqrt(C')) P(g(X))`` and
@@ -79,9 +143,8 @@ class APNB(nn.Module):
         fuse_in = attention_out + in_channels if fusion == 'concat' else in_channels
         self.fuse = ConvNormAct(fuse_in, out_channels, 1, dims, norm_layer, act_layer)
         self.dropout = dropout_nd(dropout, dims)
+        self.folded = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_channels('input', x, self.in_channels, self.dims, type(self).__name__)
-        context = self.attention(x)
-        fused = torch.cat([context, x], 1) if self.fusion == 'concat' else x + context
-        return self.dropout(self.fuse(fused))
+        return self._fused_output(x)

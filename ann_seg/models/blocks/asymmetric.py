@@ -97,6 +97,10 @@ class AsymmetricAttention(nn.Module):
         return anchors.reshape(anchors.shape + (1,) * (self.dims - 1))
 
     def forward(self, x_q: torch.Tensor, x_kv: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.out_proj(self.context(x_q, x_kv))
+
+    def context(self, x_q: torch.Tensor, x_kv: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The attention output ``O`` before ``W_o``: ``(B, value_channels, *Sq)``."""
         owner = type(self).__name__
         check_channels('query input', x_q, self.query_in_channels, self.dims, owner)
         if x_kv is None:
@@ -120,5 +124,4 @@ class AsymmetricAttention(nn.Module):
             value = self.sampler(self.value_proj(x_kv))
         context = attend(query.flatten(2).transpose(1, 2), key.transpose(1, 2),
                          value.transpose(1, 2), self.pairwise, self.scale, self.backend)
-        context = context.transpose(1, 2).reshape(batch, self.value_channels, *spatial)
-        return self.out_proj(context)
+        return context.transpose(1, 2).reshape(batch, self.value_channels, *spatial)

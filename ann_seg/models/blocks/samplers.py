@@ -2,6 +2,11 @@
 
 Every sampler maps ``(B, C, *spatial)`` to ``(B, C, S)``. ``linear`` samplers commute with a
 1x1 convolution, so a linear projection may be applied before or after them with the same result.
+
+``PyramidPoolingSampler`` builds its pooling matrix from the traced input shape while tracing
+(TorchScript tracing for ``torch.onnx.export(dynamo=False)``, ``torch.export``/``torch.compile``),
+so exported graphs pool correctly at any input size; in eager mode it uses a cached matrix. Both
+constructions give bit-identical matrices.
 """
 from functools import lru_cache
 from typing import Sequence, Tuple, Union
@@ -24,6 +29,23 @@ def _adaptive_pool_matrix_1d(length: int, bins: int) -> torch.Tensor:
     j = torch.arange(length, dtype=torch.int64)
     inside = (j >= start[:, None]) & (j < end[:, None])
     return inside.to(torch.float64) / (end - start).to(torch.float64)[:, None]
+
+
+def _adaptive_pool_matrix_1d_traceable(length, bins: int) -> torch.Tensor:
+    """``_adaptive_pool_matrix_1d`` with torch ops only, for a ``length`` that may be a traced
+    size (a 0-dim tensor under TorchScript tracing, a SymInt under ``torch.export``). The bin
+    bounds are the same integers (``ceil(a / n) = floor((a + n - 1) / n)`` for ``a >= 0``), so
+    the float64 matrix is identical."""
+    i = torch.arange(bins, dtype=torch.int64)
+    start = (i * length) // bins
+    end = ((i + 1) * length + (bins - 1)) // bins
+    j = torch.arange(length, dtype=torch.int64)
+    inside = (j >= start[:, None]) & (j < end[:, None])
+    return inside.to(torch.float64) / (end - start).to(torch.float64)[:, None]
+
+
+def _is_tracing() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def adaptive_pool_matrix(spatial: Sequence[int], bins: Sequence[int], dtype=torch.float32,
@@ -60,7 +82,8 @@ class PyramidPoolingSampler(nn.Module):
     ``pool_sizes=(1, 3, 6, 8)`` on 2-d input gives ``S = 1 + 9 + 36 + 64 = 110`` anchors
     whatever the input size. An int size pools every spatial dim to it; a tuple gives one size
     per dim. Pooling is one matmul with a cached pooling matrix: exact adaptive average pooling
-    for any input size, and traceable for ONNX (no adaptive pooling op).
+    for any input size, and traceable for ONNX (no adaptive pooling op); while tracing, the
+    matrix is built from the traced shape, so dynamic-shape exports stay exact.
     """
 
     linear = True
@@ -104,8 +127,25 @@ class PyramidPoolingSampler(nn.Module):
             self._cache[key] = matrix
         return matrix
 
+    def traceable_pooling_matrix(self, spatial: Sequence, dtype, device) -> torch.Tensor:
+        """``pooling_matrix`` built from (possibly traced) sizes with torch ops, uncached: the
+        Kronecker product is spelled as a broadcast product (the same float64 products)."""
+        levels = []
+        for bins in self._bins(len(spatial)):
+            matrix, rows = None, 1
+            for length, n in zip(spatial, bins):
+                m = _adaptive_pool_matrix_1d_traceable(length, int(n))
+                rows *= int(n)
+                matrix = m if matrix is None else (
+                    matrix[:, None, :, None] * m[None, :, None, :]).reshape(rows, -1)
+            levels.append(matrix)
+        return torch.cat(levels).to(dtype=dtype, device=device)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        matrix = self.pooling_matrix(x.shape[2:], x.dtype, x.device)
+        if _is_tracing():  # a cached matrix would be a constant of one input size in the graph
+            matrix = self.traceable_pooling_matrix(x.shape[2:], x.dtype, x.device)
+        else:
+            matrix = self.pooling_matrix(x.shape[2:], x.dtype, x.device)
         return torch.matmul(x.flatten(2), matrix.t())
 
     def extra_repr(self) -> str:
