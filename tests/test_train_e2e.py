@@ -33,9 +33,9 @@ def saved_iteration(path):
     return safe_load_checkpoint(path)["meta"]["iter"]
 
 
-@pytest.mark.parametrize("tool_kind", ["ann_seg", "mmseg"])
-@pytest.mark.parametrize("layout", ["cityscapes", "ade20k"])
-def test_train_resume_test(tool_kind, layout, tmp_path, request):
+@pytest.mark.parametrize("layout,tool_kind", [("cityscapes", "ann_seg"), ("ade20k", "mmseg")])
+def test_train_resume_test(layout, tool_kind, tmp_path, request):
+    """Both layouts and both tools (ours, and mmseg's own shipped tools/train.py, test.py)."""
     data_root = request.getfixturevalue(f"{layout}_root")
     config = CITYSCAPES_CFG if layout == "cityscapes" else ADE20K_CFG
     train_py = (
