@@ -19,10 +19,10 @@ def randomise(model):
 
 
 def build(config, **options):
-    import ann_seg  # noqa: F401
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
 
+    import ann_seg  # noqa: F401
     from ann_seg.apis.runner import load_config
     register_all_modules()
     cfg = load_config(config, dict({'model.pretrained': None}, **options))

@@ -48,7 +48,7 @@ def run_demo(config: str = DEMO_CONFIG, data_root: str = 'data/synthetic_long_ra
 
     start = time.perf_counter()
     pred_dir = osp.join(work_dir, 'predictions')
-    metrics = test(cfg, final, out=pred_dir, show_dir='overlays',
+    metrics = test(cfg, final, out=pred_dir,
                    cfg_options={'test_dataloader.num_workers': 0,
                                 'test_dataloader.persistent_workers': False})
     timings['test_s'] = round(time.perf_counter() - start, 1)

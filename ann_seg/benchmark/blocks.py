@@ -13,8 +13,8 @@ Here every row runs on the same input, timed interleaved with the identity basel
 step (``measure.PeakMemoryTracker``), both also minus the identity's (``net``), and the ratios
 ``ref / row`` of the net values against the non-local references (speed-up and memory
 saving, > 1 = better than the reference). Rows whose estimated peak memory exceeds a budget
-are skipped; the estimate fits ``c + a N + b N^2`` to the measured peaks at 1/16, 1/8 and 1/4
-of each side (``N`` positions; see ``estimate_peak_bytes``).
+are skipped; the estimate scales a probe at a quarter of each side: linearly in the number of
+positions ``N``, plus the row's ``N x N`` matrices (see ``estimate_peak_bytes``).
 """
 import sys
 from dataclasses import dataclass
@@ -23,8 +23,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from .measure import MIB, TimingCase, format_error, latency_stats, measure_peak_memory
-from .measure import time_interleaved as _time_interleaved
+from .measure import (
+    MIB,
+    TimingCase,
+    format_error,
+    latency_stats,
+    measure_peak_memory,
+    time_interleaved,
+)
 
 DEFAULT_SHAPE = (128, 256)
 REFERENCES = ('nl_explicit', 'nl_sdpa')
@@ -41,11 +47,14 @@ class BlockDims:
 
 @dataclass
 class BlockSpec:
-    """A row: ``build(dims)`` gives the module; ``pair`` blocks take ``(x_low, x_high)``."""
+    """A row: ``build(dims)`` gives the module; ``pair`` blocks take ``(x_low, x_high)``;
+    ``nxn_matrices``: float32 N x N matrices alive at once (memory estimate; ``None``: SDPA,
+    decided at run time)."""
     name: str
     description: str
     build: Callable[[BlockDims], nn.Module]
     pair: bool = False
+    nxn_matrices: Optional[int] = 0
 
 
 def _nl(backend: str) -> Callable[[BlockDims], nn.Module]:
@@ -100,19 +109,20 @@ BLOCKS: List[BlockSpec] = [
     BlockSpec('identity', 'nn.Identity: the baseline subtracted from every row',
               lambda d: nn.Identity()),
     BlockSpec('nl_explicit', "NonLocalBlock, embedded Gaussian, backend='explicit' (N x N "
-              'matrix)', _nl('explicit')),
-    BlockSpec('nl_sdpa', "NonLocalBlock, embedded Gaussian, backend='sdpa'", _nl('sdpa')),
+              'matrix)', _nl('explicit'), nxn_matrices=2),
+    BlockSpec('nl_sdpa', "NonLocalBlock, embedded Gaussian, backend='sdpa'", _nl('sdpa'),
+              nxn_matrices=None),
     BlockSpec('cgnl', 'CGNLBlock, Gaussian kernel, order 3, 8 groups', _cgnl),
     BlockSpec('apnb', 'APNB: pyramid attention + concat fusion (1x1 conv 2C -> C, BN, ReLU)',
               _apnb),
     BlockSpec('afnb', 'AFNB: queries from the high-level map, anchors from a low-level map',
               _afnb, pair=True),
     BlockSpec('nl_attention', "authors' NL unit (BaseOC): shared q/k, all N anchors, explicit",
-              _attention_unit(False, 'explicit')),
+              _attention_unit(False, 'explicit'), nxn_matrices=2),
     BlockSpec('apnb_attention', "authors' APNB unit: shared q/k, S = 110 pyramid anchors",
               _attention_unit(True, 'auto')),
     BlockSpec('mmcv_nonlocal2d', 'mmcv.cnn.NonLocal2d, embedded Gaussian (N x N matrix)',
-              _mmcv_nonlocal),
+              _mmcv_nonlocal, nxn_matrices=2),
     BlockSpec('mmseg_apnb', 'mmseg.models.decode_heads.ann_head.APNB (with its fusion conv)',
               _mmseg_apnb),
 ]
@@ -120,11 +130,18 @@ BLOCK_NAMES = tuple(spec.name for spec in BLOCKS)
 
 
 def block_inputs(spec: BlockSpec, dims: BlockDims, shape: Tuple[int, int], batch_size: int,
-                 device: str) -> Tuple[torch.Tensor, ...]:
-    x = torch.randn(batch_size, dims.in_channels, *shape, device=device)
-    if spec.pair:
-        return torch.randn(batch_size, dims.low_channels, *shape, device=device), x
-    return (x,)
+                 device: str, shared: Optional[Dict[str, torch.Tensor]] = None
+                 ) -> Tuple[torch.Tensor, ...]:
+    """Random ``(x,)`` or ``(x_low, x_high)`` for ``spec``; ``shared`` caches them so that
+    every row sees the same tensors (and they exist once)."""
+    shared = {} if shared is None else shared
+    if 'x' not in shared:
+        shared['x'] = torch.randn(batch_size, dims.in_channels, *shape, device=device)
+    if not spec.pair:
+        return (shared['x'],)
+    if 'x_low' not in shared:
+        shared['x_low'] = torch.randn(batch_size, dims.low_channels, *shape, device=device)
+    return shared['x_low'], shared['x']
 
 
 def _eval_step(module: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> Callable[[], None]:
@@ -135,38 +152,42 @@ def _eval_step(module: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> Callable[
 
 
 DIRECT_ESTIMATE_POSITIONS = 4096
+_SDPA_MATH = 'aten::_scaled_dot_product_attention_math'
+
+
+def _uses_math_sdpa(step: Callable[[], None]) -> bool:
+    """Whether ``step`` runs PyTorch's math SDPA fallback (it materialises the N x S
+    logits and weights) rather than a fused kernel."""
+    from torch.profiler import profile
+    with profile() as prof:
+        step()
+    return any(event.name == _SDPA_MATH for event in prof.events())
 
 
 def estimate_peak_bytes(spec: BlockSpec, module: nn.Module, dims: BlockDims,
                         shape: Tuple[int, int], batch_size: int, device: str) -> int:
     """Peak memory of one step at ``shape``, without running it there.
 
-    Up to ``DIRECT_ESTIMATE_POSITIONS`` positions the step is simply measured. Beyond, three
-    probes at 1/16, 1/8 and 1/4 of each side are measured and ``c + a N + b N^2`` (``N``
-    positions; ``b >= 0``) through them is evaluated at ``N``.
+    Up to ``DIRECT_ESTIMATE_POSITIONS`` positions the step is measured. Beyond, a probe at 1/4
+    of each side (``N/16`` positions) is measured; its peak minus its ``N x N`` matrices
+    (``spec.nxn_matrices`` float32 matrices; for SDPA rows 2 if the math fallback runs, else
+    0) scales linearly with ``N``, the matrices quadratically.
     """
     n = shape[0] * shape[1]
-    if n <= DIRECT_ESTIMATE_POSITIONS:
-        probes = [shape]
-    else:
-        probes = [(max(1, shape[0] // s), max(1, shape[1] // s)) for s in (16, 8, 4)]
-    sizes, peaks = [], []
-    for probe in dict.fromkeys(probes):
-        inputs = block_inputs(spec, dims, probe, batch_size, device)
-        peaks.append(float(measure_peak_memory(_eval_step(module, inputs), device)))
-        sizes.append(float(probe[0] * probe[1]))
-        del inputs
-    if len(sizes) == 1:
-        return int(peaks[0] * n / sizes[0])
-    positions = torch.tensor(sizes, dtype=torch.float64)
-    measured = torch.tensor(peaks, dtype=torch.float64)[:, None]
-    quadratic = torch.stack([torch.ones_like(positions), positions, positions ** 2], 1)
-    coef = torch.linalg.lstsq(quadratic, measured).solution[:, 0]
-    if coef[2] < 0:  # no quadratic term: a line through the probes
-        coef = torch.linalg.lstsq(quadratic[:, :2], measured).solution[:, 0]
-        coef = torch.cat([coef, coef.new_zeros(1)])
-    estimate = float(coef[0] + coef[1] * n + coef[2] * n * n)
-    return int(max(estimate, max(peaks)))
+    probe = shape if n <= DIRECT_ESTIMATE_POSITIONS else \
+        (max(1, shape[0] // 4), max(1, shape[1] // 4))
+    inputs = block_inputs(spec, dims, probe, batch_size, device)
+    step = _eval_step(module, inputs)
+    peak = measure_peak_memory(step, device)
+    if probe == shape:
+        return peak
+    matrices = spec.nxn_matrices
+    if matrices is None:
+        matrices = 2 if _uses_math_sdpa(step) else 0
+    n_probe = probe[0] * probe[1]
+    matrix_bytes = matrices * batch_size * 4  # per N^2
+    linear = max(0, peak - matrix_bytes * n_probe ** 2)
+    return int(linear * n / n_probe + matrix_bytes * n ** 2)
 
 
 @dataclass
@@ -201,7 +222,7 @@ def benchmark_blocks(shape: Tuple[int, int] = DEFAULT_SHAPE, dims: Optional[Bloc
     specs = [spec for spec in BLOCKS if spec.name in names]
     budget = None if max_memory_gb is None else max_memory_gb * (1 << 30)
 
-    entries = []
+    entries, shared_inputs = [], {}
     for spec in specs:
         entry = _Row(spec)
         entries.append(entry)
@@ -217,22 +238,24 @@ def benchmark_blocks(shape: Tuple[int, int] = DEFAULT_SHAPE, dims: Optional[Bloc
             entry.error = (f'estimated peak {entry.estimate / (1 << 30):.2f} GiB > '
                            f'--max-memory-gb {max_memory_gb:g}')
             continue
-        entry.inputs = block_inputs(spec, dims, shape, batch_size, device)
+        entry.inputs = block_inputs(spec, dims, shape, batch_size, device, shared_inputs)
         entry.case = TimingCase(spec.name, _eval_step(entry.module, entry.inputs))
 
     cases = [e.case for e in entries if e.case is not None]
     if progress:
         print(f'timing {len(cases)} block(s) at {shape[0]}x{shape[1]}: {warmup} warm-up + '
               f'{repeat} interleaved rounds', file=sys.stderr)
-    _time_interleaved(cases, repeat, warmup, device, progress)
+    time_interleaved(cases, repeat, warmup, device, progress)
     for entry in entries:
         if entry.case is None:
             continue
         if not entry.case.ok:
             entry.status, entry.error = 'error', format_error(entry.case.error)
-        else:
+            continue
+        try:
             entry.peak = measure_peak_memory(entry.case.step, device)
-        entry.inputs = None  # free the inputs before the next row's memory step
+        except Exception as error:
+            entry.status, entry.error = 'error', format_error(error)
 
     results = [_row_dict(entry) for entry in entries]
     _add_net_and_ratios(results)

@@ -13,8 +13,8 @@ one more step is measured per config, then forward FLOPs are counted. Parts:
   produce for the input (shapes from one pass on the ``meta`` device); train: ``head.loss``.
 """
 import copy
-import sys
 import os.path as osp
+import sys
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -22,8 +22,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from .measure import MIB, TimingCase, format_error, latency_stats, measure_peak_memory
-from .measure import time_interleaved as _time_interleaved
+from .measure import (
+    MIB,
+    TimingCase,
+    format_error,
+    latency_stats,
+    measure_peak_memory,
+    time_interleaved,
+)
 
 PARTS = ('model', 'backbone', 'head')
 MODES = ('infer', 'train')
@@ -316,6 +322,7 @@ class _Entry:
     error: Optional[str] = None
     stage: Optional[str] = None
     peak_bytes: Optional[int] = None
+    row: Optional[Dict[str, Any]] = None
 
 
 def _unique_names(configs: Sequence[str]) -> List[str]:
@@ -350,12 +357,10 @@ def benchmark_configs(configs: Sequence[str], settings: BenchmarkSettings,
         for shape in config_shapes:
             entries.append(_Entry(config, name, tuple(shape), model))
 
-    rows = []
     for shape in dict.fromkeys(e.shape for e in entries if e.model is not None):
         group = [e for e in entries if e.model is not None and e.shape == shape]
         _measure_group(group, settings, shape, progress)
-    for entry in entries:
-        rows.append(_result_row(entry, settings))
+    rows = [entry.row or _result_row(entry, settings) for entry in entries]
     _add_ratios(rows)
     return rows
 
@@ -373,12 +378,20 @@ def _measure_group(group: List[_Entry], settings: BenchmarkSettings, shape: Shap
     if progress:
         print(f'timing {len(cases)} config(s) at {shape[0]}x{shape[1]}: {settings.warmup} '
               f'warm-up + {settings.repeat} interleaved rounds', file=sys.stderr)
-    _time_interleaved(cases, settings.repeat, settings.warmup, settings.device, progress)
+    time_interleaved(cases, settings.repeat, settings.warmup, settings.device, progress)
     for entry in group:
         if entry.case is not None and not entry.case.ok:
             entry.error, entry.stage = format_error(entry.case.error), 'run'
         if entry.error is None:
-            entry.peak_bytes = measure_peak_memory(entry.part_step.step, settings.device)
+            try:
+                entry.peak_bytes = measure_peak_memory(entry.part_step.step, settings.device)
+            except Exception as error:
+                entry.error, entry.stage = format_error(error), 'run'
+    if progress and settings.flops:
+        print('counting parameters and FLOPs', file=sys.stderr)
+    for entry in group:
+        entry.row = _result_row(entry, settings)
+        entry.part_step = entry.case = None  # free this shape's inputs
 
 
 def _result_row(entry: _Entry, settings: BenchmarkSettings) -> Dict[str, Any]:
@@ -439,7 +452,7 @@ def run_benchmark(configs: Sequence[str], settings: BenchmarkSettings,
     if plot_path:
         plot_latency_memory(rows, plot_path, title=f'{settings.part} ({settings.mode}), '
                             f'batch {settings.batch_size}, {settings.device}, '
-                            f"{meta['threads']} threads")
+                            f"{meta['threads']} thread(s)")
     failed = [r for r in rows if r['status'] != 'ok']
     for row in failed:
         print(f"error: {row['name']} ({row['stage']}): {row['error']}", file=sys.stderr)

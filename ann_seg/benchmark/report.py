@@ -66,6 +66,13 @@ def _num(value: Optional[float], fmt: str = '{:.1f}') -> str:
     return '–' if value is None else fmt.format(value)
 
 
+def _sig(value: Optional[float]) -> str:
+    """Three significant digits, no exponent below 1e6 (``1234``, ``12.3``, ``0.0123``)."""
+    if value is None:
+        return '–'
+    return f'{value:.0f}' if abs(value) >= 100 else f'{value:#.3g}'.rstrip('.')
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]],
                    align: Optional[str] = None) -> str:
     """A GitHub markdown table; ``align`` is one of ``l``/``r`` per column."""
@@ -90,8 +97,8 @@ def config_table(rows: List[Dict[str, Any]]) -> str:
         lat = row['latency_ms']
         body.append([
             row['name'], shape, f"{lat['median']:.1f}", f"{lat['min']:.1f}–{lat['max']:.1f}",
-            f"{row['throughput_img_s']:.2f}", f"{row['peak_memory_mib']:.0f}",
-            f"{row['params_m']:.2f}", _num(row.get('flops_g')),
+            _sig(row['throughput_img_s']), _sig(row['peak_memory_mib']),
+            _sig(row['params_m']), _sig(row.get('flops_g')),
             _num(row.get('latency_ratio'), '{:.2f}'), _num(row.get('memory_ratio'), '{:.2f}')])
     return markdown_table(header, body)
 

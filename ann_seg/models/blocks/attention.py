@@ -68,8 +68,11 @@ def softmax_attention(query, key, value, scale: Optional[float] = None,
             weights = torch.softmax(torch.bmm(q, k.transpose(1, 2)) * scale, dim=-1)
             out = torch.bmm(weights, v)
         else:
-            out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None],
-                                                 scale=scale)[:, 0]
+            # the fused (flash) CPU kernel needs contiguous inputs; on strided views (our
+            # (B, C, N) -> (B, N, C) transposes) SDPA silently falls back to the math kernel,
+            # which materialises the N x S matrix
+            out = F.scaled_dot_product_attention(q.contiguous()[:, None], k.contiguous()[:, None],
+                                                 v.contiguous()[:, None], scale=scale)[:, 0]
     return out.to(out_dtype)
 
 
