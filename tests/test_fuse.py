@@ -76,4 +76,4 @@ def test_folding_removes_attention_output_and_refuses_training():
         fold_batch_norms(block)
     fuse_for_inference(block)
     # the merged conv reads cat(O, X): value (16) + input (32) channels instead of 32 + 32
-    assert block.folded.weight.shape[:2] == (32, 48)
+    assert block.fuse[0].weight.shape[:2] == (32, 48)

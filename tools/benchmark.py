@@ -18,7 +18,8 @@ from mmengine.config import DictAction
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('configs', nargs='+', metavar='CONFIG',
-                        help='config files or mmseg::<dir>/<name>.py names')
+                        help='config files or mmseg::<dir>/<name>.py names; append +fuse (exact '
+                        'inference folding) and/or +cl (channels-last) for inference variants')
     shape = parser.add_mutually_exclusive_group()
     shape.add_argument('--shape', nargs=2, type=int, metavar=('H', 'W'),
                        help='input size (default: each config\'s crop size)')

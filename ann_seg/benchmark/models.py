@@ -78,12 +78,30 @@ def parse_shapes(values: Optional[Sequence[int]]) -> Optional[List[Shape]]:
     return shapes
 
 
+VARIANTS = ('fuse', 'cl')
+
+
+def split_variant(config: str) -> Tuple[str, Tuple[str, ...]]:
+    """``'x.py+fuse+cl'`` -> ``('x.py', ('fuse', 'cl'))``: inference variants of a config.
+
+    ``fuse``: ``ann_seg.models.fuse.fuse_for_inference`` (APNB/AFNB output projections folded
+    into their fusion convs, BatchNorms into convs; inference only). ``cl``: channels-last.
+    """
+    path, *flags = config.split('+')
+    unknown = [f for f in flags if f not in VARIANTS]
+    if unknown:
+        raise ValueError(f'unknown variant(s) {unknown} in {config!r}; known: {VARIANTS}')
+    return path, tuple(flags)
+
+
 def config_name(config: str) -> str:
-    """Short label: ``mmseg::ann/x.py`` -> ``mmseg::x``; ``configs/ann/x.py`` -> ``x``."""
+    """Short label: ``mmseg::ann/x.py`` -> ``mmseg::x``; ``configs/ann/x.py+fuse`` -> ``x+fuse``."""
+    config, flags = split_variant(config)
+    suffix = ''.join(f'+{f}' for f in flags)
     if '::' in config:
         scope, path = config.split('::', 1)
-        return f'{scope}::{osp.splitext(osp.basename(path))[0]}'
-    return osp.splitext(osp.basename(config))[0]
+        return f'{scope}::{osp.splitext(osp.basename(path))[0]}{suffix}'
+    return osp.splitext(osp.basename(config))[0] + suffix
 
 
 def build_segmentor(config: str, cfg_options: Optional[dict] = None, device: str = 'cpu'):
@@ -100,13 +118,20 @@ def build_segmentor(config: str, cfg_options: Optional[dict] = None, device: str
     from ann_seg.apis.runner import _replace_sync_bn, load_config
 
     register_all_modules(init_default_scope=True)
+    config, flags = split_variant(config)
     cfg = load_config(config, cfg_options, work_dir='')
     if cfg.get('custom_imports'):
         import_modules_from_strings(**cfg.custom_imports)
     cfg.model.pretrained = None
     _replace_sync_bn(cfg._cfg_dict)
-    model = MODELS.build(cfg.model)
-    return cfg, model.to(device)
+    model = MODELS.build(cfg.model).to(device)
+    if 'fuse' in flags:
+        from ann_seg.models.fuse import fuse_for_inference
+        fuse_for_inference(model)
+    if 'cl' in flags:
+        model.to(memory_format=torch.channels_last)
+    model.benchmark_variant = flags
+    return cfg, model
 
 
 def default_shape(cfg) -> Shape:
@@ -209,17 +234,22 @@ def make_part_step(model: nn.Module, part: str, settings: BenchmarkSettings,
     """Inputs and the step closure for ``part`` of ``model`` at ``shape``."""
     device, batch = settings.device, settings.batch_size
     train = settings.mode == 'train'
+    variant = getattr(model, 'benchmark_variant', ())
+    if train and 'fuse' in variant:
+        raise ValueError('the +fuse variant folds BatchNorms: inference only (--mode infer)')
     model.train(train)
+    memory_format = torch.channels_last if 'cl' in variant else torch.contiguous_format
     autocast = (torch.autocast(device.split(':')[0], dtype=settings.amp_dtype)
                 if settings.amp else nullcontext())
     grad = torch.enable_grad if train else torch.no_grad
-    images = torch.randn(batch, 3, *shape, device=device)
+    images = torch.randn(batch, 3, *shape, device=device).contiguous(memory_format=memory_format)
     samples = None
     if train and part != 'backbone':
         samples = random_data_samples(model.decode_head.num_classes, shape, batch, device)
 
     if part == 'head':
-        feats = [torch.randn(s, device=device) for s in feature_shapes(model, shape, batch)]
+        feats = [torch.randn(s, device=device).contiguous(memory_format=memory_format)
+                 for s in feature_shapes(model, shape, batch)]
         module, flops_inputs = _HeadForward(model.decode_head), tuple(f[:1] for f in feats)
         input_shapes = [list(f.shape) for f in feats]
 

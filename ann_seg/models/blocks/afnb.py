@@ -61,7 +61,6 @@ class AFNB(AttentionFusionBlock):
         fuse_in = attention_out + high_in_channels if fusion == 'concat' else high_in_channels
         self.fuse = ConvNormAct(fuse_in, out_channels, 1, dims, norm_layer, None)
         self.dropout = dropout_nd(dropout, dims)
-        self.folded = None
 
     def forward(self, x_low: torch.Tensor, x_high: torch.Tensor) -> torch.Tensor:
         owner = type(self).__name__

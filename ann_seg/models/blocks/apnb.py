@@ -49,14 +49,13 @@ class AttentionFusionBlock(nn.Module):
     exact inference-time folding (``fold_``)."""
 
     attention: AsymmetricAttention
-    fuse: ConvNormAct
+    fuse: nn.Module
     fusion: str
+    folded: bool = False
 
     def _fused_output(self, x: torch.Tensor, x_kv: Optional[torch.Tensor] = None):
-        if self.folded is not None:
-            out = self.folded(torch.cat([self.attention.context(x, x_kv), x], 1))
-            if hasattr(self.fuse, 'act'):
-                out = self.fuse.act(out)
+        if self.folded:
+            out = self.fuse(torch.cat([self.attention.context(x, x_kv), x], 1))
         else:
             context = self.attention(x, x_kv)
             fused = torch.cat([context, x], 1) if self.fusion == 'concat' else x + context
@@ -72,7 +71,7 @@ class AttentionFusionBlock(nn.Module):
         ``out + in`` to ``value + in`` input channels. Needs eval mode; irreversible."""
         if self.training:
             raise RuntimeError(f'{type(self).__name__}.fold_() is for inference: call eval() first')
-        if self.folded is not None:
+        if self.folded:
             return self
         w_out = self.attention.out_proj.weight.flatten(1)  # (attn_out, value)
         b_out = self.attention.out_proj.bias
@@ -88,7 +87,11 @@ class AttentionFusionBlock(nn.Module):
         folded = type(conv)(weight.shape[1], weight.shape[0], 1, bias=True)
         folded.weight.copy_(weight.reshape(folded.weight.shape))
         folded.bias.copy_(bias)
-        self.folded = folded.to(device=w_fuse.device, dtype=w_fuse.dtype)
+        folded = folded.to(device=w_fuse.device, dtype=w_fuse.dtype)
+        act = [self.fuse.act] if hasattr(self.fuse, 'act') else []
+        self.fuse = nn.Sequential(folded, *act)  # the merged conv (+ act) replaces conv + norm
+        self.attention.out_proj = None           # merged into it
+        self.folded = True
         return self
 
 
@@ -143,7 +146,6 @@ class APNB(AttentionFusionBlock):
         fuse_in = attention_out + in_channels if fusion == 'concat' else in_channels
         self.fuse = ConvNormAct(fuse_in, out_channels, 1, dims, norm_layer, act_layer)
         self.dropout = dropout_nd(dropout, dims)
-        self.folded = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_channels('input', x, self.in_channels, self.dims, type(self).__name__)

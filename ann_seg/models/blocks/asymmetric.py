@@ -97,6 +97,9 @@ class AsymmetricAttention(nn.Module):
         return anchors.reshape(anchors.shape + (1,) * (self.dims - 1))
 
     def forward(self, x_q: torch.Tensor, x_kv: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.out_proj is None:
+            raise RuntimeError('W_o was folded into the block\'s fusion conv (fold_()); '
+                               'call context() instead')
         return self.out_proj(self.context(x_q, x_kv))
 
     def context(self, x_q: torch.Tensor, x_kv: Optional[torch.Tensor] = None) -> torch.Tensor:
