@@ -16,8 +16,9 @@ DEMO_CONFIG = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)
 def run_demo(config: str = DEMO_CONFIG, data_root: str = 'data/synthetic_long_range',
              work_dir: str = 'work_dirs/demo', num_train: int = 400, num_val: int = 60,
              max_iters: Optional[int] = None, seed: int = 0) -> dict:
-    """Generate data, train (resuming if interrupted), test the final checkpoint and save the
-    predicted label maps and painted overlays. Returns and writes ``summary.json``."""
+    """Generate data, train (resuming if interrupted), test the final checkpoint (mIoU; label
+    maps via ``IoUMetric``'s output_dir), then run folder inference on the val images (palette
+    label maps and colour overlays, mirrored by file name). Returns and writes ``summary.json``."""
     from ann_seg.apis.runner import load_config, test, train
     from ann_seg.datasets import generate_long_range_dataset
 
@@ -53,10 +54,18 @@ def run_demo(config: str = DEMO_CONFIG, data_root: str = 'data/synthetic_long_ra
                                 'test_dataloader.persistent_workers': False})
     timings['test_s'] = round(time.perf_counter() - start, 1)
 
+    start = time.perf_counter()
+    from ann_seg.apis.inference import run_inference
+    overlay_dir = osp.join(work_dir, 'inference')
+    run_inference(cfg, final, osp.join(data_root, 'leftImg8bit', 'val'), overlay_dir,
+                  overlay=True, recursive=True, batch_size=8)
+    timings['inference_s'] = round(time.perf_counter() - start, 1)
+
     summary = dict(config=osp.relpath(config), checkpoint=final, data_root=data_root,
                    num_train=data['num_train'] if 'num_train' in data else num_train,
                    num_val=num_val, metrics={k: float(v) for k, v in metrics.items()},
-                   predictions=pred_dir, timings=timings)
+                   predictions=pred_dir, overlays=osp.join(overlay_dir, 'overlays'),
+                   timings=timings)
     os.makedirs(work_dir, exist_ok=True)
     with open(osp.join(work_dir, 'summary.json'), 'w') as f:
         json.dump(summary, f, indent=2)
