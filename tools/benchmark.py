@@ -46,6 +46,8 @@ def parse_args(argv=None):
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of every config, e.g. model.backbone.depth=50')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    parser.add_argument('--flop-rate', action='store_true',
+                        help='report achieved GFLOP/s against a measured float32 conv rate')
     return parser.parse_args(argv)
 
 
@@ -68,7 +70,8 @@ def main(argv=None) -> int:
         print(f'error: {error}', file=sys.stderr)
         return 2
     return run_benchmark(args.configs, settings, shapes, json_path=args.json,
-                         plot_path=args.plot, progress=not args.no_progress)
+                         plot_path=args.plot, progress=not args.no_progress,
+                         flop_rate=args.flop_rate)
 
 
 if __name__ == '__main__':

@@ -159,3 +159,23 @@ def format_error(error: BaseException) -> str:
     """``'TypeName: message'`` on one line, at most 300 characters."""
     text = ' '.join(f'{type(error).__name__}: {error}'.split())
     return text if len(text) <= 300 else text[:297] + '...'
+
+
+def reference_conv_rate(repeat: int = 5, device: str = 'cpu', shape=(64, 128),
+                        channels=(2048, 512)) -> float:
+    """This machine's float32 convolution rate in GFLOP/s (2 FLOPs per multiply-add), on the
+    ANN head's largest layer: a 3x3 conv 2048 -> 512 at 64x128 (median of ``repeat``)."""
+    c_in, c_out = channels
+    conv = torch.nn.Conv2d(c_in, c_out, 3, padding=1, bias=False).to(device).eval()
+    x = torch.randn(1, c_in, *shape, device=device)
+    flops = 2.0 * c_in * c_out * 9 * shape[0] * shape[1]
+    times = []
+    with torch.no_grad():
+        conv(x)
+        for _ in range(repeat):
+            synchronize(device)
+            start = time.perf_counter()
+            conv(x)
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+    return flops / statistics.median(times) / 1e9

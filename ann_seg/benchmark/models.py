@@ -465,8 +465,12 @@ def _add_ratios(rows: List[Dict[str, Any]]) -> None:
 
 def run_benchmark(configs: Sequence[str], settings: BenchmarkSettings,
                   shapes: Optional[Sequence[Shape]] = None, json_path: Optional[str] = None,
-                  plot_path: Optional[str] = None, progress: bool = True) -> int:
+                  plot_path: Optional[str] = None, progress: bool = True,
+                  flop_rate: bool = False) -> int:
     """``tools/benchmark.py``: measure, print the markdown table, write JSON/plot.
+
+    ``flop_rate``: also measure this machine's float32 conv rate and report each config's
+    achieved rate (``2 * GFLOPs / latency``; GFLOPs here count multiply-adds) against it.
 
     Returns the exit status: 0 if every config was measured, 1 if any failed.
     """
@@ -477,6 +481,18 @@ def run_benchmark(configs: Sequence[str], settings: BenchmarkSettings,
     print(settings_line(settings, meta))
     print()
     print(config_table(rows))
+    if flop_rate:
+        from .measure import reference_conv_rate
+        meta['reference_conv_gflop_s'] = reference = reference_conv_rate(device=settings.device)
+        print(f'\nreference: float32 3x3 conv 2048->512 at 64x128 runs at {reference:.1f} '
+              'GFLOP/s here')
+        for row in rows:
+            if row['status'] == 'ok' and row.get('flops_g'):
+                seconds = row['latency_ms']['median'] / 1e3
+                achieved = 2 * row['flops_g'] * settings.batch_size / seconds
+                row['achieved_gflop_s'] = achieved
+                print(f"- {row['name']}: {achieved:.1f} GFLOP/s = "
+                      f"{100 * achieved / reference:.0f}% of the reference")
     if json_path:
         write_json(json_path, dict(meta=meta, settings=vars(settings), results=rows))
     if plot_path:
