@@ -8,7 +8,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--heads', nargs='+', default=list(HEADS), choices=list(HEADS))
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
-    parser.add_argument('--max-iters', type=int, default=600)
+    parser.add_argument('--max-iters', type=int, default=400)
     parser.add_argument('--val-interval', type=int, default=100)
     parser.add_argument('--data-root', default='data/synthetic_long_range_64x128')
     parser.add_argument('--work-dir', default='work_dirs/compare_heads')

@@ -16,11 +16,11 @@ from typing import Dict, List, Optional, Sequence
 
 REPO_CONFIGS = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'configs')
 HEADS = {
-    'fcn': 'fcn_r18-d8_1xb8-600it_synthetic-64x128.py',
-    'nonlocal': 'nonlocal_r18-d8_1xb8-600it_synthetic-64x128.py',
-    'cgnl': 'cgnl_r18-d8_1xb8-600it_synthetic-64x128.py',
-    'apnb': 'apnb_r18-d8_1xb8-600it_synthetic-64x128.py',
-    'ann': 'ann_r18-d8_1xb8-600it_synthetic-64x128.py',
+    'fcn': 'fcn_r18-d8_1xb8-400it_synthetic-64x128.py',
+    'nonlocal': 'nonlocal_r18-d8_1xb8-400it_synthetic-64x128.py',
+    'cgnl': 'cgnl_r18-d8_1xb8-400it_synthetic-64x128.py',
+    'apnb': 'apnb_r18-d8_1xb8-400it_synthetic-64x128.py',
+    'ann': 'ann_r18-d8_1xb8-400it_synthetic-64x128.py',
 }
 DATA_SIZE = (64, 128)
 
@@ -78,7 +78,10 @@ def run_one(head: str, seed: int, data_root: str, work_dir: str, max_iters: int,
                'default_hooks.checkpoint.interval': max_iters,
                'param_scheduler.0.end': warmup, 'param_scheduler.1.begin': warmup,
                'param_scheduler.1.end': max_iters,
-               'default_hooks.visualization.draw': False}
+               'default_hooks.visualization.draw': False,
+               # mmseg names its visualizer 'visualizer'; mmengine would hand every later
+               # Runner of this process the first one, writing to the first run's directory
+               'visualizer.name': f'compare_{head}_seed{seed}_{time.time_ns()}'}
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         options[f'{loader}.dataset.data_root'] = data_root
     cfg = load_config(config_path(head), options, work_dir)
@@ -143,7 +146,7 @@ def plot_curves(runs: Sequence[dict], path: str) -> None:
 
 
 def compare_heads(heads: Sequence[str] = tuple(HEADS), seeds: Sequence[int] = (0, 1, 2),
-                  max_iters: int = 600, val_interval: int = 100,
+                  max_iters: int = 400, val_interval: int = 100,
                   data_root: str = 'data/synthetic_long_range_64x128',
                   work_dir: str = 'work_dirs/compare_heads', num_train: int = 400,
                   num_val: int = 60, plot: Optional[str] = None) -> dict:

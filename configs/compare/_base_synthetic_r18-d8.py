@@ -57,7 +57,7 @@ model = dict(
 train_dataloader = dict(dataset=dict(data_root=data_root))
 val_dataloader = dict(dataset=dict(data_root=data_root))
 test_dataloader = val_dataloader
-max_iters = 600
+max_iters = 400
 optim_wrapper = dict(
     type='OptimWrapper', optimizer=dict(type='AdamW', lr=2e-3, weight_decay=1e-4), clip_grad=None)
 param_scheduler = [
