@@ -114,3 +114,28 @@ def run_tool(args, cwd, timeout=600, env=None):
             f"{args} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
         )
     return proc
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def randomize_(module, seed: int = 0, std: float = 0.5, mean_std: float = 0.3):
+    """Random parameters (zero-inits would hide errors) and BN running statistics; eval mode."""
+    import torch
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+        for m in module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * mean_std)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+    return module.eval()
+

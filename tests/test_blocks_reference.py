@@ -10,8 +10,8 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from conftest import randomize_
 
 from ann_seg.models.blocks import AFNB, APNB, CGNLBlock, NonLocalBlock
 
@@ -21,26 +21,11 @@ DIMS_SHAPES = [(d, s) for d, shapes in SHAPES.items() for s in shapes]
 
 
 # ----------------------------------------------------------------------------- helpers
-@pytest.fixture(autouse=True, scope='module')
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(autouse=True)
+def _one_thread(single_thread):
+    """Tiny tensors: one intra-op thread (conftest's ``single_thread``)."""
 
 
-def randomize_(module: nn.Module, seed: int = 0, std: float = 0.5) -> nn.Module:
-    """Random parameters and BN running stats; eval mode."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * std)
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.3)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-    return module.eval()
 
 
 def rand_input(shape, seed=1, dtype=torch.float64):

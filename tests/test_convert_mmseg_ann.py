@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from conftest import CONFIGS, REPO, run_tool
+from conftest import CONFIGS, REPO, randomize_, run_tool
 
 SMALL = {'model.pretrained': None, 'model.backbone.depth': 18,
          'model.backbone.norm_cfg.type': 'BN', 'model.decode_head.norm_cfg.type': 'BN',
@@ -36,24 +36,13 @@ def build(config, options):
     return cfg, MODELS.build(cfg.model)
 
 
-def randomise(model):
-    """Random weights and BN statistics everywhere (mmseg zero-inits the attention output)."""
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if tensor.dtype.is_floating_point:
-                if name.endswith('running_var'):
-                    tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
-                else:
-                    tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.2)
-    return model
 
 
 def save_mmseg_checkpoint(tmp_path, case):
     config, mmseg_options, _ = CASES[case]
     cfg, model = build(f'mmseg::{config}', mmseg_options)
     assert type(model.decode_head).__name__ == 'ANNHead'
-    randomise(model).eval()
+    randomize_(model, std=0.2, mean_std=0.2)
     src = str(tmp_path / 'mmseg_ann.pth')
     torch.save({'meta': {'mmseg_version': '1.2.2', 'iter': 40000}, 'state_dict':
                 model.state_dict()}, src)

@@ -3,19 +3,7 @@ import os.path as osp
 
 import pytest
 import torch
-from conftest import CONFIGS
-
-
-def randomise(model):
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if tensor.dtype.is_floating_point:
-                if name.endswith('running_var'):
-                    tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
-                else:
-                    tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.1)
-    return model
+from conftest import CONFIGS, randomize_
 
 
 def build(config, **options):
@@ -26,7 +14,7 @@ def build(config, **options):
     from ann_seg.apis.runner import load_config
     register_all_modules()
     cfg = load_config(config, dict({'model.pretrained': None}, **options))
-    return randomise(MODELS.build(cfg.model)).eval()
+    return randomize_(MODELS.build(cfg.model), std=0.1, mean_std=0.1).eval()
 
 
 SMALL = {'model.backbone.depth': 18, 'model.backbone.norm_cfg.type': 'BN',
