@@ -2,7 +2,6 @@
 
 Imported by name (the tests folder is on sys.path, as for ``conftest``), never as ``tests``.
 """
-import contextlib
 import importlib.util
 import os.path as osp
 
@@ -59,16 +58,3 @@ def load_tool(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run torch on one thread: on this 2-core machine two threads are several times slower for
-    these small models whenever another process is busy (the tool subprocess gets
-    ``OMP_NUM_THREADS=1`` too, so both sides compute identically)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)

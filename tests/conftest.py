@@ -3,6 +3,7 @@
 The mmseg wheel installs a top-level package named ``tests``; nothing here imports ``tests``.
 """
 
+import contextlib
 import os
 import os.path as osp
 import subprocess
@@ -116,14 +117,23 @@ def run_tool(args, cwd, timeout=600, env=None):
     return proc
 
 
-@pytest.fixture
-def single_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one thread: on this 2-core machine two threads are several times slower for
+    small models whenever another process is busy."""
     import torch
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def single_thread():
+    with one_thread():
+        yield
 
 
 def randomize_(module, seed: int = 0, std: float = 0.5, mean_std: float = 0.3):

@@ -3,7 +3,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from _inference_helpers import DEMO_CONFIG, load_tool, make_checkpoint, one_thread
+from _inference_helpers import DEMO_CONFIG, load_tool, make_checkpoint
+from conftest import one_thread
 
 from ann_seg.apis.attention_maps import compute_attention_maps, find_attention_blocks
 from ann_seg.apis.inference import load_segmentor

@@ -36,14 +36,6 @@ def mmseg_tiny(tmp_path_factory):
     return str(path)
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def load_tool(name):
     spec = importlib.util.spec_from_file_location(name, osp.join(REPO, "tools", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
@@ -121,7 +113,7 @@ def test_feature_shapes_match_the_backbone():
 
 @pytest.mark.parametrize("mode", ["infer", "train"])
 @pytest.mark.parametrize("part", ["model", "backbone", "head"])
-def test_parts_and_modes(part, mode, mmseg_tiny, one_thread):
+def test_parts_and_modes(part, mode, mmseg_tiny, single_thread):
     from ann_seg.benchmark import BenchmarkSettings, benchmark_configs
 
     settings = BenchmarkSettings(part=part, mode=mode, repeat=2, warmup=1,
@@ -139,7 +131,7 @@ def test_parts_and_modes(part, mode, mmseg_tiny, one_thread):
         assert rows[0]["input_shapes"][2:] == [[1, 64, 4, 8], [1, 128, 4, 8]]
 
 
-def test_bad_config_option_and_unusable_shape_are_error_rows(one_thread):
+def test_bad_config_option_and_unusable_shape_are_error_rows(single_thread):
     from ann_seg.benchmark import BenchmarkSettings, benchmark_configs
 
     bad = BenchmarkSettings(repeat=1, warmup=0, flops=False,
@@ -193,7 +185,7 @@ def test_cli_json_plot_and_failed_config(tmp_path, mmseg_tiny):
 # ------------------------------------------------------------------------- block benchmark
 
 
-def test_block_benchmark_all_rows(tmp_path, capsys, one_thread):
+def test_block_benchmark_all_rows(tmp_path, capsys, single_thread):
     from ann_seg.benchmark.blocks import BLOCK_NAMES
 
     out = tmp_path / "blocks.json"
@@ -226,7 +218,7 @@ def test_block_benchmark_all_rows(tmp_path, capsys, one_thread):
     assert units["block"] == "apnb_attention" and finite(units["speedup"], units["memory_saving"])
 
 
-def test_block_rows_over_the_memory_budget_are_skipped(one_thread):
+def test_block_rows_over_the_memory_budget_are_skipped(single_thread):
     from ann_seg.benchmark.blocks import BlockDims, benchmark_blocks
 
     dims = BlockDims(64, 16, 32)

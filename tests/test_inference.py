@@ -8,8 +8,8 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from _inference_helpers import load_tool, make_checkpoint, one_thread, write_tiny_slide_config
-from conftest import REPO
+from _inference_helpers import load_tool, make_checkpoint, write_tiny_slide_config
+from conftest import REPO, one_thread
 from PIL import Image
 
 from ann_seg.apis import inference

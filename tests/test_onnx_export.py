@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _inference_helpers import DEMO_CONFIG, load_tool, make_checkpoint, one_thread
+from _inference_helpers import DEMO_CONFIG, load_tool, make_checkpoint
+from conftest import one_thread
 
 from ann_seg.apis.inference import load_segmentor
 from ann_seg.apis.onnx_export import (

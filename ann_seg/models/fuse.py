@@ -12,6 +12,7 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .blocks.apnb import AttentionFusionBlock
+from .blocks.layers import batch_norm_affine
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -19,12 +20,7 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 @torch.no_grad()
 def fold_conv_bn(conv: nn.Module, norm: _BatchNorm) -> None:
     """``norm(conv(x)) == conv'(x)``: scale the conv's output channels, absorb the shift."""
-    scale = norm.running_var.add(norm.eps).rsqrt()
-    if norm.weight is not None:
-        scale = scale * norm.weight
-    shift = -norm.running_mean * scale
-    if norm.bias is not None:
-        shift = shift + norm.bias
+    scale, shift = batch_norm_affine(norm)
     if conv.bias is None:
         conv.bias = nn.Parameter(shift.clone())
     else:

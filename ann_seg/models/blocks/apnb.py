@@ -5,7 +5,15 @@ import torch
 import torch.nn as nn
 
 from .asymmetric import AsymmetricAttention, check_channels
-from .layers import ActLayer, ConvNormAct, NormLayer, batch_norm_nd, check_dims, check_positive
+from .layers import (
+    ActLayer,
+    ConvNormAct,
+    NormLayer,
+    batch_norm_affine,
+    batch_norm_nd,
+    check_dims,
+    check_positive,
+)
 from .samplers import PyramidPoolingSampler
 
 FUSION_MODES = ('concat', 'add')
@@ -35,13 +43,7 @@ def _affine_of_norm(norm: Optional[nn.Module], channels: int, like: torch.Tensor
     if not isinstance(norm, nn.modules.batchnorm._BatchNorm) or norm.training:
         raise ValueError(f'fold_() needs an eval-mode BatchNorm after the fusion conv, got '
                          f'{type(norm).__name__} (training={norm.training})')
-    scale = norm.running_var.add(norm.eps).rsqrt()
-    if norm.weight is not None:
-        scale = scale * norm.weight
-    shift = -norm.running_mean * scale
-    if norm.bias is not None:
-        shift = shift + norm.bias
-    return scale, shift
+    return batch_norm_affine(norm)
 
 
 class AttentionFusionBlock(nn.Module):

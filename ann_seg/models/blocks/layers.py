@@ -56,3 +56,14 @@ class ConvNormAct(nn.Sequential):
             self.norm = norm_layer(out_channels)
         if act_layer is not None:
             self.act = act_layer()
+
+
+def batch_norm_affine(norm: nn.modules.batchnorm._BatchNorm):
+    """``(scale, shift)`` with ``norm(x) == scale * x + shift`` per channel (eval statistics)."""
+    scale = norm.running_var.add(norm.eps).rsqrt()
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    return scale, shift
