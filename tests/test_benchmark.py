@@ -232,3 +232,51 @@ def test_block_rows_over_the_memory_budget_are_skipped(single_thread):
     assert 2 * 324 <= skipped["estimate_mib"] < 2 * 324 + 100  # two N x N matrices + linear
     assert rows["apnb_attention"]["status"] == "ok"
     assert rows["apnb_attention"]["speedup_vs"] == {}  # no reference measured
+
+
+# ------------------------------------------------------------------- FLOPs and FLOP rate
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_flop_count_of_a_folded_block(layout):
+    """Folding removes W_o (N Cv Ca) and the fusion BN (mmengine: 2 per element), and shrinks
+    the fusion GEMM from (Ca + C) to (Cv + C) inputs; the count must see the folded GEMMs
+    (addmm_/baddbmm) as well."""
+    from ann_seg.benchmark.models import count_complexity
+    from ann_seg.models.blocks import APNB
+
+    c, out, key, value, h, w = 48, 40, 16, 24, 6, 10
+    block = APNB(c, out, key, value_channels=value).eval()
+    x = torch.randn(1, c, h, w).contiguous(memory_format=layout)
+    plain = count_complexity(block, (x,))["flops"]
+    block.fold_()
+    folded = count_complexity(block, (x,))["flops"]
+    n = h * w
+    removed = n * value * out + n * (out + c) * out + 2 * n * out
+    assert plain - folded == removed - n * (value + c) * out
+
+
+def test_flop_rate_is_timed_with_the_configs(mmseg_tiny, single_thread, capsys):
+    from ann_seg.benchmark import BenchmarkSettings, run_benchmark
+
+    with pytest.raises(ValueError, match="FLOP counting"):
+        BenchmarkSettings(flops=False, flop_rate=True)
+    settings = BenchmarkSettings(part="head", repeat=2, warmup=0, flop_rate=True)
+    assert run_benchmark([DEMO, DEMO + "+fuse"], settings, [SHAPE], progress=False) == 0
+    printed = capsys.readouterr().out
+    assert "ann_r18-d8_1xb8-600it_synthetic-128x256+fuse at 32x64:" in printed
+    assert "% of the reference (3x3 conv 2048->512 at 64x128" in printed
+
+
+def test_flop_rate_rows(single_thread):
+    from ann_seg.benchmark import BenchmarkSettings, benchmark_configs
+
+    settings = BenchmarkSettings(part="head", repeat=2, warmup=0, flop_rate=True)
+    rows = benchmark_configs([DEMO, DEMO + "+fuse"], settings, [SHAPE], progress=False)
+    assert rows[0]["reference_conv_gflop_s"] == rows[1]["reference_conv_gflop_s"] > 0
+    for row in rows:
+        seconds = row["latency_ms"]["median"] / 1e3
+        assert row["achieved_gflop_s"] == pytest.approx(2 * row["flops_g"] / seconds)
+        assert row["flop_rate_ratio"] == pytest.approx(
+            row["achieved_gflop_s"] / row["reference_conv_gflop_s"])
+    assert rows[1]["flops_g"] < rows[0]["flops_g"]  # W_o and the fusion input folded away

@@ -63,5 +63,56 @@ def test_folding_removes_attention_output_and_refuses_training():
     with pytest.raises(RuntimeError, match='eval'):
         fold_batch_norms(block)
     fuse_for_inference(block)
-    # the merged conv reads cat(O, X): value (16) + input (32) channels instead of 32 + 32
-    assert block.fuse[0].weight.shape[:2] == (32, 48)
+    # the merged map reads O (value: 16 channels) and X (32) instead of W_o(O) (32) and X
+    assert block.fuse.context_weight.shape == (32, 16)
+    assert block.fuse.input_weight.shape == (32, 32)
+    assert block.attention.out_proj is None
+
+
+def _block(kind, fusion, dims):
+    from ann_seg.models.blocks import AFNB, APNB
+    torch.manual_seed(0)
+    if kind == 'apnb':
+        block = APNB(24, 20, 8, value_channels=12, fusion=fusion, pool_sizes=(1, 2, 3),
+                     dims=dims)
+    else:
+        block = AFNB(16, 24, 24 if fusion == 'add' else 20, 8, value_channels=12,
+                     fusion=fusion, pool_sizes=(1, 2, 3), dims=dims)
+    return randomize_(block, std=0.2, mean_std=0.2).eval()
+
+
+@pytest.mark.parametrize('kind', ['apnb', 'afnb'])
+@pytest.mark.parametrize('fusion', ['concat', 'add'])
+@pytest.mark.parametrize('dims,spatial,layout', [
+    (1, (13,), None), (2, (7, 9), None), (2, (7, 9), torch.channels_last), (2, (1, 1), None),
+    (3, (3, 4, 5), None), (3, (3, 4, 5), torch.channels_last_3d)])
+@pytest.mark.parametrize('batch', [1, 2])
+def test_folded_block_matches_plain(kind, fusion, dims, spatial, layout, batch):
+    block = _block(kind, fusion, dims)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(batch, 24, *spatial, generator=gen)
+    args = (x,) if kind == 'apnb' else (torch.randn(batch, 16, *spatial, generator=gen), x)
+    with torch.no_grad():
+        expected = block(*args)
+        block.fold_()
+        if layout is not None:
+            args = tuple(a.contiguous(memory_format=layout) for a in args)
+        got = block(*args)
+    assert got.shape == expected.shape
+    if layout is not None and min(spatial) > 1:
+        assert got.is_contiguous(memory_format=layout)  # the GEMM writes channels-last
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_folded_block_under_bf16_autocast():
+    block = _block('apnb', 'concat', 2)
+    x = torch.randn(2, 24, 9, 11, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = block(x)
+        block.fold_()
+        for layout in (torch.contiguous_format, torch.channels_last):
+            with torch.autocast('cpu', dtype=torch.bfloat16):
+                got = block(x.contiguous(memory_format=layout))
+            assert got.dtype == torch.bfloat16
+            rel = ((got.float() - expected).norm() / expected.norm()).item()
+            assert rel < 2e-2, rel

@@ -47,7 +47,8 @@ def parse_args(argv=None):
                         help='override settings of every config, e.g. model.backbone.depth=50')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     parser.add_argument('--flop-rate', action='store_true',
-                        help='report achieved GFLOP/s against a measured float32 conv rate')
+                        help='report achieved GFLOP/s against this machine\'s float32 conv rate, '
+                        'timed in the same interleaved rounds')
     return parser.parse_args(argv)
 
 
@@ -64,14 +65,13 @@ def main(argv=None) -> int:
         settings = BenchmarkSettings(
             part=args.part, mode=args.mode, device=args.device, amp=args.amp,
             batch_size=args.batch_size, repeat=args.repeat, warmup=args.warmup,
-            flops=not args.no_flops, cfg_options=args.cfg_options)
+            flops=not args.no_flops, flop_rate=args.flop_rate, cfg_options=args.cfg_options)
         shapes = parse_shapes(args.shapes or args.shape)
     except ValueError as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
     return run_benchmark(args.configs, settings, shapes, json_path=args.json,
-                         plot_path=args.plot, progress=not args.no_progress,
-                         flop_rate=args.flop_rate)
+                         plot_path=args.plot, progress=not args.no_progress)
 
 
 if __name__ == '__main__':

@@ -15,7 +15,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -161,21 +161,29 @@ def format_error(error: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + '...'
 
 
-def reference_conv_rate(repeat: int = 5, device: str = 'cpu', shape=(64, 128),
-                        channels=(2048, 512)) -> float:
-    """This machine's float32 convolution rate in GFLOP/s (2 FLOPs per multiply-add), on the
-    ANN head's largest layer: a 3x3 conv 2048 -> 512 at 64x128 (median of ``repeat``)."""
+REFERENCE_CONV = '3x3 conv 2048->512 at 64x128, float32'
+
+
+def reference_conv_case(device: str = 'cpu', shape=(64, 128),
+                        channels=(2048, 512)) -> Tuple[TimingCase, float]:
+    """This machine's float32 convolution rate as a timing case: the ANN head's largest layer,
+    a 3x3 conv 2048 -> 512 at 64x128 (batch 1). Returns the case (time it interleaved with
+    what it is compared to) and its FLOPs (2 per multiply-add)."""
     c_in, c_out = channels
     conv = torch.nn.Conv2d(c_in, c_out, 3, padding=1, bias=False).to(device).eval()
     x = torch.randn(1, c_in, *shape, device=device)
-    flops = 2.0 * c_in * c_out * 9 * shape[0] * shape[1]
-    times = []
-    with torch.no_grad():
-        conv(x)
-        for _ in range(repeat):
-            synchronize(device)
-            start = time.perf_counter()
+
+    def step():
+        with torch.no_grad():
             conv(x)
-            synchronize(device)
-            times.append(time.perf_counter() - start)
-    return flops / statistics.median(times) / 1e9
+
+    return TimingCase('reference conv', step), 2.0 * c_in * c_out * 9 * shape[0] * shape[1]
+
+
+def reference_conv_rate(repeat: int = 5, device: str = 'cpu', **kwargs) -> float:
+    """GFLOP/s of ``reference_conv_case`` (median of ``repeat`` after one warm-up)."""
+    case, flops = reference_conv_case(device, **kwargs)
+    time_interleaved([case], repeat, 1, device, progress=False)
+    if not case.ok:
+        raise case.error
+    return flops / statistics.median(case.times) / 1e9

@@ -28,6 +28,7 @@ from .measure import (
     format_error,
     latency_stats,
     measure_peak_memory,
+    reference_conv_case,
     time_interleaved,
 )
 
@@ -48,6 +49,7 @@ class BenchmarkSettings:
     repeat: int = 10
     warmup: int = 2
     flops: bool = True
+    flop_rate: bool = False
     cfg_options: Optional[dict] = None
 
     def __post_init__(self):
@@ -57,6 +59,8 @@ class BenchmarkSettings:
             raise ValueError(f'mode must be one of {MODES}, got {self.mode!r}')
         if self.batch_size < 1 or self.repeat < 1 or self.warmup < 0:
             raise ValueError('need batch_size >= 1, repeat >= 1 and warmup >= 0')
+        if self.flop_rate and not self.flops:
+            raise ValueError('the FLOP rate needs FLOP counting (drop --no-flops)')
         if self.device.startswith('cuda') and not torch.cuda.is_available():
             raise ValueError(f'device {self.device!r} requested but CUDA is not available')
 
@@ -295,9 +299,25 @@ def _sdpa_flop_jit(inputs, outputs) -> int:
     return batch * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
+def _baddbmm_flop_jit(inputs, outputs) -> int:
+    """``baddbmm(input, batch1 (B, n, k), batch2 (B, k, m))``: ``B n k m`` multiply-adds."""
+    from mmengine.analysis.jit_handles import get_shape
+    (batch, n, k), m = get_shape(inputs[1]), get_shape(inputs[2])[-1]
+    return batch * n * k * m
+
+
+def _extra_flop_ops() -> Dict[str, Callable]:
+    """GEMM-like ops missing from mmengine's table (our attention and folded fusion use them)."""
+    from mmengine.analysis.jit_handles import addmm_flop_jit
+    return {'aten::scaled_dot_product_attention': _sdpa_flop_jit,
+            'aten::addmm_': addmm_flop_jit,
+            'aten::baddbmm': _baddbmm_flop_jit,
+            'aten::baddbmm_': _baddbmm_flop_jit}
+
+
 @contextmanager
 def _quiet_flop_analysis():
-    """Count SDPA (not in mmengine's table) while active; hide mmengine's warnings about
+    """Count the ops of ``_extra_flop_ops`` while active; hide mmengine's warnings about
     ops it does not count (element-wise ops, pooling...)."""
     import logging
 
@@ -305,10 +325,8 @@ def _quiet_flop_analysis():
     from mmengine.logging import MMLogger
 
     table = complexity_analysis._DEFAULT_SUPPORTED_FLOP_OPS
-    key = 'aten::scaled_dot_product_attention'
-    added = key not in table
-    if added:
-        table[key] = _sdpa_flop_jit
+    added = [key for key in _extra_flop_ops() if key not in table]
+    table.update({key: _extra_flop_ops()[key] for key in added})
     logger = MMLogger.get_current_instance()
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -316,7 +334,7 @@ def _quiet_flop_analysis():
         yield
     finally:
         logger.setLevel(level)
-        if added:
+        for key in added:
             del table[key]
 
 
@@ -352,6 +370,7 @@ class _Entry:
     error: Optional[str] = None
     stage: Optional[str] = None
     peak_bytes: Optional[int] = None
+    reference_gflop_s: Optional[float] = None
     row: Optional[Dict[str, Any]] = None
 
 
@@ -405,10 +424,18 @@ def _measure_group(group: List[_Entry], settings: BenchmarkSettings, shape: Shap
         except Exception as error:
             entry.error, entry.stage = format_error(error), 'run'
     cases = [e.case for e in group if e.case is not None]
+    reference = None
+    if settings.flop_rate:  # timed in the same rounds, so machine noise hits it alike
+        reference, reference_flops = reference_conv_case(settings.device)
+        cases.append(reference)
     if progress:
         print(f'timing {len(cases)} config(s) at {shape[0]}x{shape[1]}: {settings.warmup} '
               f'warm-up + {settings.repeat} interleaved rounds', file=sys.stderr)
     time_interleaved(cases, settings.repeat, settings.warmup, settings.device, progress)
+    if reference is not None and reference.ok:
+        rate = reference_flops / latency_stats(reference.times)['median'] * 1e3 / 1e9
+        for entry in group:
+            entry.reference_gflop_s = rate
     for entry in group:
         if entry.case is not None and not entry.case.ok:
             entry.error, entry.stage = format_error(entry.case.error), 'run'
@@ -448,6 +475,10 @@ def _result_row(entry: _Entry, settings: BenchmarkSettings) -> Dict[str, Any]:
                        activations_m=complexity['activations'] / 1e6)
         except Exception as error:  # FLOPs are optional: keep the timing
             row['flops_error'] = format_error(error)
+    if entry.reference_gflop_s and row['flops_g']:
+        achieved = 2 * row['flops_g'] * settings.batch_size / (stats['median'] / 1e3)
+        row.update(reference_conv_gflop_s=entry.reference_gflop_s, achieved_gflop_s=achieved,
+                   flop_rate_ratio=achieved / entry.reference_gflop_s)
     return row
 
 
@@ -465,12 +496,12 @@ def _add_ratios(rows: List[Dict[str, Any]]) -> None:
 
 def run_benchmark(configs: Sequence[str], settings: BenchmarkSettings,
                   shapes: Optional[Sequence[Shape]] = None, json_path: Optional[str] = None,
-                  plot_path: Optional[str] = None, progress: bool = True,
-                  flop_rate: bool = False) -> int:
+                  plot_path: Optional[str] = None, progress: bool = True) -> int:
     """``tools/benchmark.py``: measure, print the markdown table, write JSON/plot.
 
-    ``flop_rate``: also measure this machine's float32 conv rate and report each config's
-    achieved rate (``2 * GFLOPs / latency``; GFLOPs here count multiply-adds) against it.
+    ``settings.flop_rate``: also time this machine's float32 conv (``reference_conv_case``)
+    in the same interleaved rounds and report each config's achieved rate (``2 * GFLOPs /
+    latency``; GFLOPs here count multiply-adds) against it.
 
     Returns the exit status: 0 if every config was measured, 1 if any failed.
     """
@@ -481,18 +512,16 @@ def run_benchmark(configs: Sequence[str], settings: BenchmarkSettings,
     print(settings_line(settings, meta))
     print()
     print(config_table(rows))
-    if flop_rate:
-        from .measure import reference_conv_rate
-        meta['reference_conv_gflop_s'] = reference = reference_conv_rate(device=settings.device)
-        print(f'\nreference: float32 3x3 conv 2048->512 at 64x128 runs at {reference:.1f} '
-              'GFLOP/s here')
+    if settings.flop_rate:
+        from .measure import REFERENCE_CONV
+        print()
         for row in rows:
-            if row['status'] == 'ok' and row.get('flops_g'):
-                seconds = row['latency_ms']['median'] / 1e3
-                achieved = 2 * row['flops_g'] * settings.batch_size / seconds
-                row['achieved_gflop_s'] = achieved
-                print(f"- {row['name']}: {achieved:.1f} GFLOP/s = "
-                      f"{100 * achieved / reference:.0f}% of the reference")
+            if row.get('achieved_gflop_s'):
+                print(f"- {row['name']} at {row['shape'][0]}x{row['shape'][1]}: "
+                      f"{row['achieved_gflop_s']:.1f} GFLOP/s = "
+                      f"{100 * row['flop_rate_ratio']:.0f}% of the reference "
+                      f"({REFERENCE_CONV}: {row['reference_conv_gflop_s']:.1f} GFLOP/s, timed "
+                      'in the same rounds)')
     if json_path:
         write_json(json_path, dict(meta=meta, settings=vars(settings), results=rows))
     if plot_path:

@@ -57,7 +57,7 @@ class AttentionFusionBlock(nn.Module):
 
     def _fused_output(self, x: torch.Tensor, x_kv: Optional[torch.Tensor] = None):
         if self.folded:
-            out = self.fuse(torch.cat([self.attention.context(x, x_kv), x], 1))
+            out = self.fuse(self.attention.tokens(x, x_kv), x)
         else:
             context = self.attention(x, x_kv)
             fused = torch.cat([context, x], 1) if self.fusion == 'concat' else x + context
@@ -66,11 +66,13 @@ class AttentionFusionBlock(nn.Module):
 
     @torch.no_grad()
     def fold_(self) -> 'AttentionFusionBlock':
-        """For inference: merge ``W_o``, the fusion conv and its BatchNorm into one 1x1 conv
-        over ``cat(O, X)`` (exact: no nonlinearity lies between them). ``concat``:
+        """For inference: merge ``W_o``, the fusion conv and its BatchNorm into one linear map
+        of ``(O, X)`` (exact: no nonlinearity lies between them). ``concat``:
         ``BN(W_f [W_o O + b_o; X]) = (a W_fa W_o) O + (a W_fb) X + a (W_fa b_o) + c``; ``add``
-        likewise with ``W_fa = W_fb = W_f``. Saves ``W_o`` and shrinks the fusion GEMM from
-        ``out + in`` to ``value + in`` input channels. Needs eval mode; irreversible."""
+        likewise with ``W_fa = W_fb = W_f``. Saves ``W_o``, shrinks the fusion GEMM from
+        ``out + in`` to ``value + in`` input channels, and reads ``O`` in the attention's
+        token layout (no concatenation, no transpose; see ``FoldedFusion``). Needs eval mode;
+        irreversible."""
         if self.training:
             raise RuntimeError(f'{type(self).__name__}.fold_() is for inference: call eval() first')
         if self.folded:
@@ -84,17 +86,52 @@ class AttentionFusionBlock(nn.Module):
         attn_out = w_out.shape[0]
         w_a = w_fuse[:, :attn_out]
         w_x = w_fuse[:, attn_out:] if self.fusion == 'concat' else w_fuse
-        weight = torch.cat([w_a @ w_out, w_x], 1) * scale[:, None]
-        bias = (w_a @ b_out + b_fuse) * scale + shift
-        folded = type(conv)(weight.shape[1], weight.shape[0], 1, bias=True)
-        folded.weight.copy_(weight.reshape(folded.weight.shape))
-        folded.bias.copy_(bias)
-        folded = folded.to(device=w_fuse.device, dtype=w_fuse.dtype)
-        act = [self.fuse.act] if hasattr(self.fuse, 'act') else []
-        self.fuse = nn.Sequential(folded, *act)  # the merged conv (+ act) replaces conv + norm
-        self.attention.out_proj = None           # merged into it
+        self.fuse = FoldedFusion((w_a @ w_out) * scale[:, None], w_x * scale[:, None],
+                                 (w_a @ b_out + b_fuse) * scale + shift,
+                                 getattr(self.fuse, 'act', None))
+        self.attention.out_proj = None  # merged into it
         self.folded = True
         return self
+
+
+class FoldedFusion(nn.Module):
+    """A folded block's fusion: ``act(W_c O + W_x X + b)`` (see ``fold_``), as two
+    accumulating GEMMs per batch, with no concatenation.
+
+    ``O`` comes in the attention's token layout ``(B, N, C_v)``; ``X`` is ``(B, C_in, *S)``.
+    With a channels-last ``X`` both are row-major ``(B N, C)`` matrices and the output is
+    written channels-last; otherwise it is contiguous. Shape: ``-> (B, C_out, *S)``.
+    """
+
+    def __init__(self, context_weight: torch.Tensor, input_weight: torch.Tensor,
+                 bias: torch.Tensor, act: Optional[nn.Module] = None):
+        super().__init__()
+        self.context_weight = nn.Parameter(context_weight.detach().clone())  # (C_out, C_v)
+        self.input_weight = nn.Parameter(input_weight.detach().clone())      # (C_out, C_in)
+        self.bias = nn.Parameter(bias.detach().clone())                      # (C_out,)
+        self.act = nn.Identity() if act is None else act
+
+    def forward(self, context: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, *spatial = x.shape
+        out_channels = self.bias.shape[0]
+        tokens = x.movedim(1, -1)
+        if tokens.is_contiguous():  # channels-last: one GEMM over all B N positions
+            out = torch.addmm(self.bias, tokens.reshape(-1, channels), self.input_weight.t())
+            out = out.addmm_(context.reshape(-1, context.shape[-1]).to(out.dtype),
+                             self.context_weight.to(out.dtype).t())
+            out = out.view(batch, *spatial, out_channels).movedim(-1, 1)
+        else:
+            out = torch.baddbmm(self.bias[:, None], self.input_weight.expand(batch, -1, -1),
+                                x.reshape(batch, channels, -1))
+            out = out.baddbmm_(self.context_weight.to(out.dtype).expand(batch, -1, -1),
+                               context.to(out.dtype).transpose(1, 2))
+            out = out.view(batch, out_channels, *spatial)
+        return self.act(out)
+
+    def extra_repr(self) -> str:
+        out_channels, value_channels = self.context_weight.shape
+        return (f'context={value_channels}, input={self.input_weight.shape[1]}, '
+                f'out={out_channels}')
 
 
 class APNB(AttentionFusionBlock):

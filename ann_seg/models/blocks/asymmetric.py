@@ -104,6 +104,11 @@ class AsymmetricAttention(nn.Module):
 
     def context(self, x_q: torch.Tensor, x_kv: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The attention output ``O`` before ``W_o``: ``(B, value_channels, *Sq)``."""
+        tokens = self.tokens(x_q, x_kv)
+        return tokens.transpose(1, 2).reshape(x_q.shape[0], self.value_channels, *x_q.shape[2:])
+
+    def tokens(self, x_q: torch.Tensor, x_kv: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``O`` in token layout, as the attention computes it: ``(B, N_q, value_channels)``."""
         owner = type(self).__name__
         check_channels('query input', x_q, self.query_in_channels, self.dims, owner)
         if x_kv is None:
@@ -113,7 +118,6 @@ class AsymmetricAttention(nn.Module):
             if self.share == 'query_key' and x_kv is not x_q:
                 raise ValueError(f'{owner}: share="query_key" is self-attention; '
                                  'pass a single input')
-        batch, spatial = x_q.shape[0], x_q.shape[2:]
         key_map = self.key_proj(x_kv)
         query = key_map if self.query_proj is None else self.query_proj(x_q)
         key = self.sampler(key_map)
@@ -125,6 +129,5 @@ class AsymmetricAttention(nn.Module):
             value = self.value_proj(self._as_nd(self.sampler(x_kv))).flatten(2)
         else:
             value = self.sampler(self.value_proj(x_kv))
-        context = attend(query.flatten(2).transpose(1, 2), key.transpose(1, 2),
-                         value.transpose(1, 2), self.pairwise, self.scale, self.backend)
-        return context.transpose(1, 2).reshape(batch, self.value_channels, *spatial)
+        return attend(query.flatten(2).transpose(1, 2), key.transpose(1, 2),
+                      value.transpose(1, 2), self.pairwise, self.scale, self.backend)
