@@ -40,6 +40,14 @@ def parse_args(argv=None):
                         f'{DEFAULT_MAX_PIXELS:.0e})')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. model.test_cfg.mode=slide')
+    parser.add_argument('--fuse', action='store_true',
+                        help='fast mode: BatchNorms and attention output projections folded '
+                        'into convolutions, channels-last (same predictions up to rounding)')
+    parser.add_argument('--amp', nargs='?', const='auto', choices=['auto', 'on', 'off'],
+                        default='off', help='autocast: "auto" (bare --amp) where the device '
+                        'computes low precision natively (CUDA float16; bfloat16 on CPUs '
+                        'with AVX512-BF16/AMX), "on" always (bfloat16 is emulated, slow, on '
+                        'other CPUs), "off" (default)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     return parser.parse_args(argv)
 
@@ -54,7 +62,7 @@ def main(argv=None) -> int:
             opacity=args.opacity, batch_size=args.batch_size, device=args.device,
             recursive=args.recursive, extensions=args.ext, save_logits=args.save_logits,
             force=args.force, max_pixels=int(args.max_pixels), cfg_options=args.cfg_options,
-            progress=not args.no_progress)
+            progress=not args.no_progress, fuse=args.fuse, amp=args.amp)
     except (InferenceInputError, ModelLoadError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2

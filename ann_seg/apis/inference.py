@@ -362,6 +362,54 @@ def default_device() -> str:
     return 'cuda:0' if torch.cuda.is_available() else 'cpu'
 
 
+# ----------------------------------------------------------------------------- fast modes
+AMP_CHOICES = ('off', 'auto', 'on')
+
+
+def native_amp_dtype(device: str):
+    """The low-precision dtype ``device`` computes natively, else ``None``: float16 on CUDA,
+    bfloat16 on CPUs with AVX512-BF16 or AMX (oneDNN's check). Elsewhere bfloat16 is emulated
+    in float32 and several times slower than float32 itself."""
+    import torch
+    if str(device).startswith('cuda'):
+        return torch.float16
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+def resolve_amp(amp: Optional[str], device: str):
+    """``amp`` ('off'/None, 'auto', 'on') -> the autocast dtype or ``None``. 'auto' uses
+    ``native_amp_dtype`` (float32 where the hardware has no fast low precision); 'on' always
+    autocasts (bfloat16 on the CPU, float16 on CUDA)."""
+    import torch
+    amp = amp or 'off'
+    if amp not in AMP_CHOICES:
+        raise InferenceInputError(f'amp must be one of {AMP_CHOICES}, got {amp!r}')
+    if amp == 'off':
+        return None
+    if amp == 'auto':
+        return native_amp_dtype(device)
+    return torch.float16 if str(device).startswith('cuda') else torch.bfloat16
+
+
+def autocast_context(device: str, dtype):
+    """``torch.autocast`` for ``device`` and ``dtype``; a no-op context for ``dtype=None``."""
+    import torch
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(str(device).split(':')[0], dtype=dtype)
+
+
+def prepare_for_inference(model, fuse: bool = False):
+    """``fuse``: fold BatchNorms into convolutions and APNB/AFNB's output projections into
+    their fusion (``ann_seg.models.fuse``), channels-last weights; the predictions are the
+    float32 ones up to rounding. Returns ``model`` (in eval mode)."""
+    model.eval()
+    if fuse:
+        from ann_seg.models.fuse import fuse_for_inference
+        fuse_for_inference(model, channels_last=True)
+    return model
+
+
 # ----------------------------------------------------------------------------- outputs
 def encode_label_png(label: np.ndarray, palette: Sequence[Sequence[int]]) -> bytes:
     """Class ids as pixel values: a palette PNG for ids < 256, else a 16-bit grey PNG."""
@@ -485,8 +533,12 @@ def run_inference(config, checkpoint: str, input_path: str, out_dir: str = DEFAU
                   device: Optional[str] = None, recursive: bool = False,
                   extensions: Optional[Sequence[str]] = None, save_logits: Optional[str] = None,
                   force: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                  cfg_options: Optional[dict] = None, progress: bool = True) -> dict:
+                  cfg_options: Optional[dict] = None, progress: bool = True,
+                  fuse: bool = False, amp: Optional[str] = None) -> dict:
     """Segment every image of ``input_path`` (image, folder or list file) into ``out_dir``.
+
+    ``fuse`` and ``amp`` select the fast inference mode (``prepare_for_inference``,
+    ``resolve_amp``); the summary records the mode used.
 
     Images whose outputs all exist are skipped unless ``force``. Images that cannot be read
     or segmented are reported in the summary's ``failures`` (name and reason) and the others
@@ -508,7 +560,11 @@ def run_inference(config, checkpoint: str, input_path: str, out_dir: str = DEFAU
     for task in tasks:
         _plan_outputs(task, out_dir, overlay, save_logits)
     device = device or default_device()
-    model = load_segmentor(config, checkpoint, device, cfg_options)
+    amp_dtype = resolve_amp(amp, device)
+    if amp == 'auto' and amp_dtype is None:
+        print(f'--amp auto: {device} has no native low precision (bfloat16 would be emulated, '
+              'slower than float32); running in float32', file=sys.stderr)
+    model = prepare_for_inference(load_segmentor(config, checkpoint, device, cfg_options), fuse)
     load_s = time.perf_counter() - start
     meta = model.dataset_meta
     num_classes = len(meta['classes'])
@@ -535,7 +591,8 @@ def run_inference(config, checkpoint: str, input_path: str, out_dir: str = DEFAU
         from mmseg.apis import inference_model
         t0 = time.perf_counter()
         try:
-            results = inference_model(model, [item[1] for item in batch])
+            with autocast_context(device, amp_dtype):
+                results = inference_model(model, [item[1] for item in batch])
         except Exception as error:  # noqa: BLE001 - report, go on with the other images
             if len(batch) > 1:
                 for item in batch:
@@ -597,6 +654,9 @@ def run_inference(config, checkpoint: str, input_path: str, out_dir: str = DEFAU
         'config': config if isinstance(config, str) else getattr(config, 'filename', None),
         'checkpoint': str(checkpoint), 'input': str(input_path),
         'out_dir': out_dir, 'device': device,
+        'inference_mode': {'fuse': bool(fuse),
+                           'autocast': str(amp_dtype).replace('torch.', '') if amp_dtype
+                           else None},
         'test_cfg': dict(model.test_cfg) if model.test_cfg else {'mode': 'whole'},
         'classes': meta['classes'], 'palette': palette, 'palette_source': meta['source'],
         'counts': {'images': len(tasks), 'processed': len(done),

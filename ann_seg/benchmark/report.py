@@ -1,5 +1,4 @@
 """Markdown tables, JSON files and the latency/memory plot of benchmark results."""
-import json
 import math
 import os
 import os.path as osp
@@ -46,10 +45,9 @@ def _cpu_name() -> str:
 
 def write_json(path: str, payload: Dict[str, Any]) -> None:
     """Write ``payload`` (non-finite floats become ``null``)."""
+    from ann_seg.apis.inference import atomic_write_json
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    with open(path, 'w') as f:
-        json.dump(_finite(payload), f, indent=2)
-        f.write('\n')
+    atomic_write_json(path, _finite(payload))
 
 
 def _finite(value):
