@@ -280,3 +280,25 @@ def test_flop_rate_rows(single_thread):
         assert row["flop_rate_ratio"] == pytest.approx(
             row["achieved_gflop_s"] / row["reference_conv_gflop_s"])
     assert rows[1]["flops_g"] < rows[0]["flops_g"]  # W_o and the fusion input folded away
+
+
+def test_compile_variant_is_timed_and_counted(single_thread):
+    """+compile (inductor) runs the same head; FLOPs are counted on the eager forward."""
+    from ann_seg.benchmark import BenchmarkSettings, benchmark_configs
+    from ann_seg.benchmark.models import build_segmentor
+
+    torch._dynamo.reset()
+    settings = BenchmarkSettings(part="head", repeat=1, warmup=1)
+    rows = benchmark_configs([DEMO + "+fuse", DEMO + "+fuse+compile"], settings, [SHAPE],
+                             progress=False)
+    for row in rows:
+        check_ok_row(row)
+    assert rows[1]["flops_g"] == pytest.approx(rows[0]["flops_g"])
+
+    _, eager = build_segmentor(DEMO + "+fuse")
+    _, compiled = build_segmentor(DEMO + "+fuse+compile")
+    compiled.load_state_dict(eager.state_dict())
+    feats = [torch.randn(1, c, 4, 8) for c in (16, 32, 64, 128)]
+    with torch.no_grad():
+        torch.testing.assert_close(compiled.decode_head.forward(feats),
+                                   eager.decode_head.forward(feats), rtol=1e-4, atol=1e-5)

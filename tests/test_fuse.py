@@ -116,3 +116,30 @@ def test_folded_block_under_bf16_autocast():
             assert got.dtype == torch.bfloat16
             rel = ((got.float() - expected).norm() / expected.norm()).item()
             assert rel < 2e-2, rel
+
+
+def _family():
+    from ann_seg.models.blocks import AFNB, APNB, CGNLBlock, NonLocalBlock
+    yield 'apnb', APNB(24, 20, 8, pool_sizes=(1, 2, 3)), 1
+    yield 'afnb', AFNB(16, 24, 20, 8, pool_sizes=(1, 2, 3)), 2
+    for mode in ('gaussian', 'embedded_gaussian', 'dot_product', 'concatenation'):
+        yield f'nl_{mode}', NonLocalBlock(24, 8, mode=mode), 1
+    yield 'cgnl', CGNLBlock(24, 8, groups=2), 1
+
+
+@pytest.mark.parametrize('name,folded', [(name, False) for name, _, _ in _family()]
+                         + [('apnb', True), ('afnb', True)])
+def test_blocks_compile_in_one_graph(name, folded):
+    """torch.compile captures every block whole (fullgraph: no graph break), plain and
+    folded, and the captured graph computes what eager mode computes."""
+    _, block, inputs = next(item for item in _family() if item[0] == name)
+    block = randomize_(block, std=0.2, mean_std=0.2)
+    gen = torch.Generator().manual_seed(4)
+    args = [torch.randn(2, 16, 7, 9, generator=gen)] if inputs == 2 else []
+    args.append(torch.randn(2, 24, 7, 9, generator=gen))
+    if folded:
+        block.fold_()
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True, backend='aot_eager')
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(*args), block(*args), rtol=1e-5, atol=1e-6)

@@ -2,7 +2,7 @@
 predictions (pixel agreement of the label maps, logit distance).
 
     python tools/benchmark_inference.py CONFIG CHECKPOINT INPUT [--modes float32 fuse ...]
-        [--max-images N] [--warmup N] [--device D] [--threads T] [--json FILE]
+        [--recursive] [--max-images N] [--warmup N] [--device D] [--threads T] [--json FILE]
 
 Modes: float32 (reference), fuse (BatchNorm and attention folding, channels-last), bf16 and
 fuse+bf16 (autocast; bfloat16 is emulated, slow, on CPUs without AVX512-BF16/AMX). CHECKPOINT
@@ -25,6 +25,7 @@ def parse_args(argv=None):
     parser.add_argument('--modes', nargs='+', default=['float32', 'fuse', 'fuse+bf16'],
                         choices=list(MODES), help='modes to compare (float32 is always run: '
                         'it is the reference)')
+    parser.add_argument('--recursive', action='store_true', help='descend into sub-folders')
     parser.add_argument('--max-images', type=int, help='use the first N images only')
     parser.add_argument('--warmup', type=int, default=1,
                         help='untimed runs per mode on the first image (default 1)')
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
         result = compare_inference_modes(
             args.config, args.checkpoint, args.input, args.modes, device=args.device,
             max_images=args.max_images, warmup=args.warmup, cfg_options=args.cfg_options,
-            progress=not args.no_progress)
+            recursive=args.recursive, progress=not args.no_progress)
     except (InferenceInputError, ModelLoadError, ValueError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2

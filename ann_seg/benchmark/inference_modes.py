@@ -67,10 +67,10 @@ def load_model(config, checkpoint: str, device: str = 'cpu', cfg_options: Option
     return model.eval()
 
 
-def _read_images(input_path: str, max_images: Optional[int]):
+def _read_images(input_path: str, max_images: Optional[int], recursive: bool):
     from ann_seg.apis.inference import ImageError, collect_inputs, read_image
     images, failures = [], []
-    for task in collect_inputs(input_path):
+    for task in collect_inputs(input_path, recursive):
         if max_images is not None and len(images) >= max_images:
             break
         try:
@@ -95,7 +95,7 @@ def compare_inference_modes(config, checkpoint: str, input_path: str,
                             modes: Sequence[str] = ('float32', 'fuse', 'fuse+bf16'),
                             device: str = 'cpu', max_images: Optional[int] = None,
                             warmup: int = 1, cfg_options: Optional[dict] = None,
-                            progress: bool = True) -> Dict[str, Any]:
+                            recursive: bool = False, progress: bool = True) -> Dict[str, Any]:
     """Segment the images of ``input_path`` in every mode; returns ``rows`` (one per mode)
     and ``meta``. Unreadable images are reported in ``meta['failures']`` and skipped."""
     from ann_seg.apis.inference import InferenceInputError, prepare_for_inference
@@ -104,7 +104,7 @@ def compare_inference_modes(config, checkpoint: str, input_path: str,
     modes = check_modes(modes)
     if warmup < 0:
         raise ValueError(f'warmup must be >= 0, got {warmup}')
-    images, failures = _read_images(input_path, max_images)
+    images, failures = _read_images(input_path, max_images, recursive)
     if not images:
         raise InferenceInputError(f'no readable image in {input_path}')
     import torch

@@ -82,7 +82,7 @@ def parse_shapes(values: Optional[Sequence[int]]) -> Optional[List[Shape]]:
     return shapes
 
 
-VARIANTS = ('fuse', 'cl')
+VARIANTS = ('fuse', 'cl', 'compile')
 
 
 def split_variant(config: str) -> Tuple[str, Tuple[str, ...]]:
@@ -90,6 +90,8 @@ def split_variant(config: str) -> Tuple[str, Tuple[str, ...]]:
 
     ``fuse``: ``ann_seg.models.fuse.fuse_for_inference`` (APNB/AFNB output projections folded
     into their fusion convs, BatchNorms into convs; inference only). ``cl``: channels-last.
+    ``compile``: ``torch.compile`` (inductor) of the backbone's, neck's and decode head's
+    ``forward``; compilation happens in the warm-up rounds (use ``--warmup`` >= 1).
     """
     path, *flags = config.split('+')
     unknown = [f for f in flags if f not in VARIANTS]
@@ -134,6 +136,12 @@ def build_segmentor(config: str, cfg_options: Optional[dict] = None, device: str
         fuse_for_inference(model)
     if 'cl' in flags:
         model.to(memory_format=torch.channels_last)
+    if 'compile' in flags:
+        for name in ('backbone', 'neck', 'decode_head'):
+            module = getattr(model, name, None)
+            if isinstance(module, nn.Module):  # mmseg calls decode_head.forward directly
+                module.eager_forward = module.forward  # for FLOP counting (jit tracing)
+                module.forward = torch.compile(module.forward)
     model.benchmark_variant = flags
     return cfg, model
 
@@ -345,11 +353,16 @@ def count_complexity(module: nn.Module, inputs: tuple) -> Dict[str, float]:
 
     was_training = module.training
     module.eval()
+    compiled = [m for m in module.modules() if hasattr(m, 'eager_forward')]
+    for m in compiled:  # the tracer cannot enter compiled code: count the eager forward
+        m.forward, m.eager_forward = m.eager_forward, m.forward
     try:
         with _quiet_flop_analysis(), torch.no_grad():
             info = get_model_complexity_info(module, inputs=inputs, show_table=False,
                                              show_arch=False)
     finally:
+        for m in compiled:
+            m.forward, m.eager_forward = m.eager_forward, m.forward
         module.train(was_training)
     return dict(flops=float(info['flops']), activations=float(info['activations']))
 
