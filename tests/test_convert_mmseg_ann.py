@@ -36,8 +36,6 @@ def build(config, options):
     return cfg, MODELS.build(cfg.model)
 
 
-
-
 def save_mmseg_checkpoint(tmp_path, case):
     config, mmseg_options, _ = CASES[case]
     cfg, model = build(f'mmseg::{config}', mmseg_options)
@@ -72,6 +70,17 @@ def test_converted_logits_match_mmseg(case, tmp_path):
         rel = (got - expected).norm() / expected.norm()
         assert rel < 1e-5, f'{case} at {h}x{w}: relative error {rel:.2e}'
         assert (got.argmax(1) == expected.argmax(1)).float().mean() > 0.999
+
+    # the fast inference path (tools/infer.py --fuse) against mmseg's model, same weights
+    from ann_seg.models.fuse import fuse_for_inference
+    fuse_for_inference(model, channels_last=True)
+    for h, w in [(64, 64), (67, 93)]:
+        images = torch.randn(2, 3, h, w, generator=gen)
+        with torch.no_grad():
+            expected = mmseg_model(images, mode='tensor')
+            got = model(images.contiguous(memory_format=torch.channels_last), mode='tensor')
+        rel = (got - expected).norm() / expected.norm()
+        assert rel < 1e-4, f'{case} folded at {h}x{w}: relative error {rel:.2e}'
 
 
 def test_cli_converts_and_checks_config(tmp_path):
