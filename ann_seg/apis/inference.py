@@ -318,12 +318,10 @@ def resolve_dataset_meta(cfg, checkpoint_meta: Optional[dict], num_classes: int)
     return {'classes': classes, 'palette': palette, 'source': source}
 
 
-def load_segmentor(config, checkpoint: str, device: str = 'cpu',
-                   cfg_options: Optional[dict] = None):
-    """Build the config's segmentor with ``mmseg.apis.init_model`` and load ``checkpoint``
-    (weights-only loader; every key must match, except an auxiliary head's, which inference
-    does not use). Sets ``model.dataset_meta`` (see ``resolve_dataset_meta``)."""
-    from mmengine.runner.checkpoint import CheckpointLoader
+def build_inference_model(config, device: str = 'cpu', cfg_options: Optional[dict] = None):
+    """``(cfg, model)``: the config's segmentor from ``mmseg.apis.init_model`` (no pretrained
+    download, PyTorch's default init, eval mode) with a ``test_pipeline`` for
+    ``inference_model``. Raises ``ModelLoadError``."""
     from mmseg.apis import init_model
 
     import ann_seg  # noqa: F401  (registers the heads, installs the safe loader)
@@ -334,9 +332,19 @@ def load_segmentor(config, checkpoint: str, device: str = 'cpu',
         cfg = load_config(config, cfg_options)
         if 'test_pipeline' not in cfg:
             cfg.test_pipeline = cfg.test_dataloader.dataset.pipeline
-        model = init_model(cfg, None, device=device)
+        return cfg, init_model(cfg, None, device=device)
     except Exception as error:
         raise ModelLoadError(f'cannot build the model of {config}: {error}') from error
+
+
+def load_segmentor(config, checkpoint: str, device: str = 'cpu',
+                   cfg_options: Optional[dict] = None):
+    """``build_inference_model`` and load ``checkpoint`` (weights-only loader; every key must
+    match, except an auxiliary head's, which inference does not use). Sets
+    ``model.dataset_meta`` (see ``resolve_dataset_meta``)."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    cfg, model = build_inference_model(config, device, cfg_options)
     try:
         ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
     except Exception as error:
@@ -389,6 +397,11 @@ def resolve_amp(amp: Optional[str], device: str):
     if amp == 'auto':
         return native_amp_dtype(device)
     return torch.float16 if str(device).startswith('cuda') else torch.bfloat16
+
+
+def dtype_name(dtype) -> Optional[str]:
+    """``torch.bfloat16`` -> ``'bfloat16'``; ``None`` stays ``None`` (for JSON summaries)."""
+    return str(dtype).replace('torch.', '') if dtype is not None else None
 
 
 def autocast_context(device: str, dtype):
@@ -654,9 +667,7 @@ def run_inference(config, checkpoint: str, input_path: str, out_dir: str = DEFAU
         'config': config if isinstance(config, str) else getattr(config, 'filename', None),
         'checkpoint': str(checkpoint), 'input': str(input_path),
         'out_dir': out_dir, 'device': device,
-        'inference_mode': {'fuse': bool(fuse),
-                           'autocast': str(amp_dtype).replace('torch.', '') if amp_dtype
-                           else None},
+        'inference_mode': {'fuse': bool(fuse), 'autocast': dtype_name(amp_dtype)},
         'test_cfg': dict(model.test_cfg) if model.test_cfg else {'mode': 'whole'},
         'classes': meta['classes'], 'palette': palette, 'palette_source': meta['source'],
         'counts': {'images': len(tasks), 'processed': len(done),

@@ -43,28 +43,16 @@ def check_modes(modes: Sequence[str]) -> List[str]:
 def load_model(config, checkpoint: str, device: str = 'cpu', cfg_options: Optional[dict] = None,
                seed: int = 0):
     """``load_segmentor``; ``checkpoint='random'``: the config's model with random weights
-    (``pretrained=None``, seeded, so every mode gets the same ones), for timing and numerical
-    checks of architectures without a trained checkpoint."""
-    from ann_seg.apis.inference import ModelLoadError, load_segmentor, resolve_dataset_meta
+    (PyTorch's default init, seeded, so every mode gets the same ones), for timing and
+    numerical checks of architectures without a trained checkpoint."""
+    from ann_seg.apis.inference import build_inference_model, load_segmentor, resolve_dataset_meta
     if checkpoint != RANDOM_WEIGHTS:
         return load_segmentor(config, checkpoint, device, cfg_options)
     import torch
-    from mmseg.apis import init_model
-
-    from ann_seg.apis.runner import _replace_sync_bn, load_config
-    try:
-        cfg = load_config(config, dict(cfg_options or {}, **{'model.pretrained': None}))
-        if 'test_pipeline' not in cfg:
-            cfg.test_pipeline = cfg.test_dataloader.dataset.pipeline
-        _replace_sync_bn(cfg._cfg_dict)
-        if cfg.model.get('backbone', {}).get('init_cfg'):
-            cfg.model.backbone.init_cfg = None
-        torch.manual_seed(seed)
-        model = init_model(cfg, None, device=device)
-    except Exception as error:
-        raise ModelLoadError(f'cannot build the model of {config}: {error}') from error
+    torch.manual_seed(seed)
+    cfg, model = build_inference_model(config, device, cfg_options)
     model.dataset_meta = resolve_dataset_meta(cfg, None, model.decode_head.num_classes)
-    return model.eval()
+    return model
 
 
 def _read_images(input_path: str, max_images: Optional[int], recursive: bool):
@@ -98,7 +86,13 @@ def compare_inference_modes(config, checkpoint: str, input_path: str,
                             recursive: bool = False, progress: bool = True) -> Dict[str, Any]:
     """Segment the images of ``input_path`` in every mode; returns ``rows`` (one per mode)
     and ``meta``. Unreadable images are reported in ``meta['failures']`` and skipped."""
-    from ann_seg.apis.inference import InferenceInputError, prepare_for_inference
+    from ann_seg.apis.inference import (
+        InferenceInputError,
+        dtype_name,
+        native_amp_dtype,
+        prepare_for_inference,
+        resolve_amp,
+    )
     from ann_seg.benchmark.measure import synchronize
 
     modes = check_modes(modes)
@@ -107,8 +101,7 @@ def compare_inference_modes(config, checkpoint: str, input_path: str,
     images, failures = _read_images(input_path, max_images, recursive)
     if not images:
         raise InferenceInputError(f'no readable image in {input_path}')
-    import torch
-    low = torch.float16 if str(device).startswith('cuda') else torch.bfloat16
+    low = resolve_amp('on', device)
     models = {}
     for mode in modes:
         fuse, autocast = MODES[mode]
@@ -156,19 +149,18 @@ def compare_inference_modes(config, checkpoint: str, input_path: str,
         s = stats[mode]
         rows.append(dict(
             mode=mode, fuse=MODES[mode][0],
-            autocast=str(models[mode][1]).replace('torch.', '') if models[mode][1] else None,
+            autocast=dtype_name(models[mode][1]),
             latency_ms=dict(median=median * 1e3, min=min(times[mode]) * 1e3,
                             max=max(times[mode]) * 1e3),
             img_s=1.0 / median, speedup=ref_median / median,
             pixel_agreement=s['equal'] / s['pixels'], worst_image_agreement=s['worst'],
             logit_rel_l2_max=s['logit_rel']))
-    from ann_seg.apis.inference import native_amp_dtype
-    native = native_amp_dtype(device)
+    import torch
     meta = dict(config=str(config), checkpoint=str(checkpoint), input=str(input_path),
                 device=str(device), images=len(images), pixels=stats[REFERENCE_MODE]['pixels'],
                 image_sizes=sorted({f'{im.shape[0]}x{im.shape[1]}' for _, im in images}),
                 threads=torch.get_num_threads(), warmup=warmup, failures=failures,
-                native_low_precision=str(native).replace('torch.', '') if native else None)
+                native_low_precision=dtype_name(native_amp_dtype(device)))
     return dict(meta=meta, rows=rows)
 
 

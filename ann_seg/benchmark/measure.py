@@ -161,15 +161,17 @@ def format_error(error: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + '...'
 
 
-REFERENCE_CONV = '3x3 conv 2048->512 at 64x128, float32'
+REFERENCE_CONV_SHAPE = (64, 128)
+REFERENCE_CONV_CHANNELS = (2048, 512)
+REFERENCE_CONV = (f'3x3 conv {REFERENCE_CONV_CHANNELS[0]}->{REFERENCE_CONV_CHANNELS[1]} at '
+                  f'{REFERENCE_CONV_SHAPE[0]}x{REFERENCE_CONV_SHAPE[1]}, float32')
 
 
-def reference_conv_case(device: str = 'cpu', shape=(64, 128),
-                        channels=(2048, 512)) -> Tuple[TimingCase, float]:
+def reference_conv_case(device: str = 'cpu') -> Tuple[TimingCase, float]:
     """This machine's float32 convolution rate as a timing case: the ANN head's largest layer,
-    a 3x3 conv 2048 -> 512 at 64x128 (batch 1). Returns the case (time it interleaved with
-    what it is compared to) and its FLOPs (2 per multiply-add)."""
-    c_in, c_out = channels
+    ``REFERENCE_CONV`` (batch 1). Returns the case (time it interleaved with what it is
+    compared to) and its FLOPs (2 per multiply-add)."""
+    (c_in, c_out), shape = REFERENCE_CONV_CHANNELS, REFERENCE_CONV_SHAPE
     conv = torch.nn.Conv2d(c_in, c_out, 3, padding=1, bias=False).to(device).eval()
     x = torch.randn(1, c_in, *shape, device=device)
 
@@ -178,12 +180,3 @@ def reference_conv_case(device: str = 'cpu', shape=(64, 128),
             conv(x)
 
     return TimingCase('reference conv', step), 2.0 * c_in * c_out * 9 * shape[0] * shape[1]
-
-
-def reference_conv_rate(repeat: int = 5, device: str = 'cpu', **kwargs) -> float:
-    """GFLOP/s of ``reference_conv_case`` (median of ``repeat`` after one warm-up)."""
-    case, flops = reference_conv_case(device, **kwargs)
-    time_interleaved([case], repeat, 1, device, progress=False)
-    if not case.ok:
-        raise case.error
-    return flops / statistics.median(case.times) / 1e9

@@ -66,8 +66,9 @@ class BenchmarkSettings:
 
     @property
     def amp_dtype(self) -> torch.dtype:
-        """bfloat16 on the CPU, float16 on CUDA."""
-        return torch.float16 if self.device.startswith('cuda') else torch.bfloat16
+        """bfloat16 on the CPU, float16 on CUDA (``resolve_amp('on', device)``)."""
+        from ann_seg.apis.inference import resolve_amp
+        return resolve_amp('on', self.device)
 
 
 def parse_shapes(values: Optional[Sequence[int]]) -> Optional[List[Shape]]:
@@ -333,8 +334,8 @@ def _quiet_flop_analysis():
     from mmengine.logging import MMLogger
 
     table = complexity_analysis._DEFAULT_SUPPORTED_FLOP_OPS
-    added = [key for key in _extra_flop_ops() if key not in table]
-    table.update({key: _extra_flop_ops()[key] for key in added})
+    added = {key: handle for key, handle in _extra_flop_ops().items() if key not in table}
+    table.update(added)
     logger = MMLogger.get_current_instance()
     level = logger.level
     logger.setLevel(logging.ERROR)
