@@ -136,6 +136,14 @@ def single_thread():
         yield
 
 
+@pytest.fixture(scope='module')
+def single_thread_module():
+    """``one_thread`` for a whole test module, its module fixtures included:
+    ``pytestmark = pytest.mark.usefixtures('single_thread_module')``."""
+    with one_thread():
+        yield
+
+
 def randomize_(module, seed: int = 0, std: float = 0.5, mean_std: float = 0.3):
     """Random parameters (zero-inits would hide errors) and BN running statistics; eval mode."""
     import torch

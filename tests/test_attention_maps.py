@@ -4,17 +4,12 @@ import numpy as np
 import pytest
 import torch
 from _inference_helpers import DEMO_CONFIG, load_tool, make_checkpoint
-from conftest import one_thread
 
 from ann_seg.apis.attention_maps import compute_attention_maps, find_attention_blocks
 from ann_seg.apis.inference import load_segmentor
 from ann_seg.datasets import render_long_range_sample
 
-
-@pytest.fixture(scope='module', autouse=True)
-def _one_torch_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures('single_thread_module')
 
 
 @pytest.fixture(scope='module')

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from _inference_helpers import load_tool, make_checkpoint, write_tiny_slide_config
-from conftest import REPO, one_thread
+from conftest import REPO
 from PIL import Image
 
 from ann_seg.apis import inference
@@ -18,10 +18,7 @@ from ann_seg.datasets import render_long_range_sample, synthetic_metainfo
 PALETTE = [list(c) for c in synthetic_metainfo(4)['palette']]
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _one_torch_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures('single_thread_module')
 
 
 @pytest.fixture(scope='module')

@@ -8,17 +8,12 @@ import numpy as np
 import pytest
 import torch
 from _inference_helpers import DEMO_CONFIG, load_tool
-from conftest import one_thread
 
 from ann_seg.apis import inference
 from ann_seg.benchmark import inference_modes
 from ann_seg.datasets import render_long_range_sample, synthetic_metainfo
 
-
-@pytest.fixture(scope='module', autouse=True)
-def _one_torch_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures('single_thread_module')
 
 
 def make_calibrated_checkpoint(path, images_rgb):

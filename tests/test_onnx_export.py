@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _inference_helpers import DEMO_CONFIG, load_tool, make_checkpoint
-from conftest import one_thread
 
 from ann_seg.apis.inference import load_segmentor
 from ann_seg.apis.onnx_export import (
@@ -21,10 +20,7 @@ from ann_seg.models.blocks import PyramidPoolingSampler
 ort = pytest.importorskip('onnxruntime')
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _one_torch_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures('single_thread_module')
 
 
 @pytest.fixture(scope='module')
