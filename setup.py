@@ -2,30 +2,48 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
-readme = Path(__file__).with_name('README.md')
+readme = Path(__file__).with_name("README.md")
 
 setup(
-    name='ann_seg',
-    version='0.1.0',
-    description='Asymmetric non-local networks and the non-local block family for mmseg 1.x',
-    long_description=readme.read_text(encoding='utf-8') if readme.exists() else '',
-    long_description_content_type='text/markdown',
-    python_requires='>=3.9',
-    packages=find_packages(include=['ann_seg', 'ann_seg.*']),
+    name="ann_seg",
+    version="0.2.0",
+    description="Asymmetric non-local networks and the non-local block family for mmseg 1.x",
+    long_description=readme.read_text(encoding="utf-8") if readme.exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["ann_seg", "ann_seg.*"]),
+    # the configs (mmseg's .mim convention: ann_seg::<folder>/<file>.py)
+    package_data={
+        "ann_seg": [
+            ".mim/model-index.yml",
+            ".mim/configs/*.py",
+            ".mim/configs/*/*.py",
+            ".mim/configs/*/*/*.py",
+        ]
+    },
+    include_package_data=False,
     install_requires=[
-        'torch>=2.1',
-        'mmengine==0.10.7',
-        'mmcv==2.1.0',
-        'mmsegmentation==1.2.2',
-        'opencv-python',
-        'ftfy',
-        'regex',
-        'numpy',
-        'matplotlib',
-        'rich',
+        "torch>=2.1,<2.14",  # mmcv 2.1.0 builds with C++17; torch 2.14 headers need C++20
+        "mmengine==0.10.7",
+        "mmcv==2.1.0",
+        "mmsegmentation==1.2.2",
+        "opencv-python>=4.8,<5",  # mmseg 1.2.2 browse_dataset breaks on OpenCV 5
+        "ftfy",
+        "regex",
+        "numpy",
+        "matplotlib",
+        "rich",
     ],
     extras_require={
-        'dev': ['pytest>=7', 'ruff', 'onnx', 'onnxruntime', 'onnxscript', 'scikit-image'],
+        "dev": [
+            "pytest>=7",
+            "ruff",
+            "import-linter",
+            "onnx",
+            "onnxruntime",
+            "onnxscript",
+            "scikit-image",
+        ],
     },
-    license='Apache-2.0',
+    license="Apache-2.0",
 )

@@ -11,14 +11,16 @@ import sys
 
 import pytest
 
+from ann_seg.mmseg.config import CONFIG_ROOT
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIGS = osp.join(REPO, "configs")
+CONFIGS = CONFIG_ROOT  # the packaged configs (the repository's configs/ links there)
 IMAGE_SIZE = (64, 128)
 
 
 @pytest.fixture(scope="session")
 def cityscapes_root(tmp_path_factory):
-    from ann_seg.datasets import generate_long_range_dataset
+    from ann_seg.mmseg.synthetic import generate_long_range_dataset
 
     root = tmp_path_factory.mktemp("cityscapes")
     generate_long_range_dataset(
@@ -29,7 +31,7 @@ def cityscapes_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ade20k_root(tmp_path_factory):
-    from ann_seg.datasets import generate_long_range_dataset
+    from ann_seg.mmseg.synthetic import generate_long_range_dataset
 
     root = tmp_path_factory.mktemp("ade20k")
     generate_long_range_dataset(
@@ -122,6 +124,7 @@ def one_thread():
     """Run torch on one thread: on this 2-core machine two threads are several times slower for
     small models whenever another process is busy."""
     import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -136,7 +139,7 @@ def single_thread():
         yield
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def single_thread_module():
     """``one_thread`` for a whole test module, its module fixtures included:
     ``pytestmark = pytest.mark.usefixtures('single_thread_module')``."""
@@ -147,6 +150,7 @@ def single_thread_module():
 def randomize_(module, seed: int = 0, std: float = 0.5, mean_std: float = 0.3):
     """Random parameters (zero-inits would hide errors) and BN running statistics; eval mode."""
     import torch
+
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
@@ -156,4 +160,3 @@ def randomize_(module, seed: int = 0, std: float = 0.5, mean_std: float = 0.3):
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * mean_std)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
     return module.eval()
-

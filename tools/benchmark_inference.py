@@ -1,70 +1,159 @@
 """Inference modes side by side on real images: speed against float32 and effect on the
 predictions (pixel agreement of the label maps, logit distance).
 
-    python tools/benchmark_inference.py CONFIG CHECKPOINT INPUT [--modes float32 fuse ...]
-        [--recursive] [--max-images N] [--warmup N] [--device D] [--threads T] [--json FILE]
+Modes: float32 (reference), fuse (BatchNorm and attention folding, channels-last: what
+tools/infer.py --fuse runs), bf16 and fuse+bf16 (autocast; bfloat16 is emulated, slow, on CPUs
+without AVX512-BF16/AMX: the output says which this run had). CHECKPOINT "random" uses seeded
+random weights (timing and numerics of architectures without a trained checkpoint). See
+docs/benchmark.md.
 
-Modes: float32 (reference), fuse (BatchNorm and attention folding, channels-last), bf16 and
-fuse+bf16 (autocast; bfloat16 is emulated, slow, on CPUs without AVX512-BF16/AMX). CHECKPOINT
-``random`` uses seeded random weights (timing and numerics of architectures without a trained
-checkpoint). The logic lives in ``ann_seg.benchmark.inference_modes``; see docs/benchmark.md.
+Examples:
+  tools/benchmark_inference.py configs/demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py \\
+      work_dirs/demo/iter_600.pth data/synthetic_long_range/leftImg8bit/val --recursive \\
+      --modes float32 fuse bf16 fuse+bf16
+  tools/benchmark_inference.py CONFIG random images/ --max-images 3 --json modes.json
+
+--throughput: folder inference throughput instead, on generated 64x128 images (--images N,
+default 1000): mmseg's MMSegInferencer, tools/infer.py sequential and pipelined (--workers 2
+--batch-size 4), and tools/dist_infer.sh with 2 ranks x 1 thread and 1 rank x 2 threads;
+images/s, cost per image over the first and last 10 %, labels against the sequential loop
+(INPUT is not used; CHECKPOINT defaults to random):
+  tools/benchmark_inference.py configs/demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py \\
+      --throughput --images 1000 --threads 2 --json throughput.json
 """
+
 import argparse
+import os.path as osp
 import sys
+import tempfile
 
-from mmengine.config import DictAction
+from ann_seg import cli
+from ann_seg.benchmark.inference_modes import (
+    MODES,
+    compare_inference_modes,
+    describe,
+    modes_table,
+)
+from ann_seg.benchmark.report import write_json
+from ann_seg.benchmark.throughput import (
+    DEFAULT_IMAGES,
+    describe_throughput,
+    run_throughput,
+    throughput_table,
+)
+from ann_seg.inference.threads import add_threads_argument, choose_threads
+
+DEFAULT_MODES = ["float32", "fuse", "fuse+bf16"]
 
 
-def parse_args(argv=None):
-    from ann_seg.benchmark.inference_modes import MODES
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("config", help="config file, ann_seg::<dir>/<file>.py or mmseg::...")
+    parser.add_argument(
+        "checkpoint", nargs="?", help='checkpoint file, or "random" for random weights'
+    )
+    parser.add_argument("input", nargs="?", help="image, folder or list file (as tools/infer.py)")
+    parser.add_argument(
+        "--throughput",
+        action="store_true",
+        help="folder inference throughput of mmseg's inferencer and our loops instead",
+    )
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=DEFAULT_IMAGES,
+        help=f"--throughput: generated images (default {DEFAULT_IMAGES}; e.g. 5000, 20000)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="--throughput: runs of every mode (default 1)"
+    )
+    parser.add_argument(
+        "--work-dir", help="--throughput: images and outputs (default: a temporary folder)"
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=DEFAULT_MODES,
+        choices=list(MODES),
+        help="modes to compare; float32 is always run: it is the reference "
+        f"(default {' '.join(DEFAULT_MODES)})",
+    )
+    parser.add_argument("--recursive", action="store_true", help="descend into sub-folders")
+    parser.add_argument("--max-images", type=int, help="use the first N images only (default all)")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed runs per mode on the first image (default 1)"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_threads_argument(parser)
+    parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    cli.add_cfg_options_argument(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cli.add_debug_argument(parser)
+    return parser
 
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('config', help='config file (or mmseg::<name>.py)')
-    parser.add_argument('checkpoint', help='checkpoint file, or "random" for random weights')
-    parser.add_argument('input', help='image, folder or list file (as tools/infer.py)')
-    parser.add_argument('--modes', nargs='+', default=['float32', 'fuse', 'fuse+bf16'],
-                        choices=list(MODES), help='modes to compare (float32 is always run: '
-                        'it is the reference)')
-    parser.add_argument('--recursive', action='store_true', help='descend into sub-folders')
-    parser.add_argument('--max-images', type=int, help='use the first N images only')
-    parser.add_argument('--warmup', type=int, default=1,
-                        help='untimed runs per mode on the first image (default 1)')
-    parser.add_argument('--device', default='cpu', help='torch device (default cpu)')
-    parser.add_argument('--threads', type=int, help='torch CPU threads')
-    parser.add_argument('--json', metavar='FILE', help='write the results as JSON')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, e.g. test_pipeline.1.scale="(1024,512)"')
-    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
-    return parser.parse_args(argv)
+
+def throughput(args) -> int:
+    if args.cfg_options:
+        print("error: --cfg-options is not supported with --throughput", file=sys.stderr)
+        return cli.USAGE_ERROR
+    tools_dir = osp.dirname(osp.abspath(__file__))
+    with tempfile.TemporaryDirectory(prefix="ann_seg_throughput_") as scratch:
+        result = run_throughput(
+            args.config,
+            tools_dir,
+            args.work_dir or scratch,
+            count=args.images,
+            threads=choose_threads(args.threads),
+            rounds=args.rounds,
+            checkpoint=args.checkpoint or "random",
+            progress=not args.no_progress,
+        )
+    print(describe_throughput(result))
+    print()
+    print(throughput_table(result))
+    if args.json:
+        write_json(args.json, result)
+    return 1 if any("error" in row for row in result["rows"]) else 0
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    import torch
-
-    from ann_seg.apis.inference import InferenceInputError, ModelLoadError
-    from ann_seg.benchmark.inference_modes import compare_inference_modes, describe, modes_table
-    from ann_seg.benchmark.report import write_json
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.throughput:
+        return throughput(args)
+    if args.input is None:
+        parser.error("CHECKPOINT and INPUT are required (unless --throughput)")
+    choose_threads(args.threads)
     try:
         result = compare_inference_modes(
-            args.config, args.checkpoint, args.input, args.modes, device=args.device,
-            max_images=args.max_images, warmup=args.warmup, cfg_options=args.cfg_options,
-            recursive=args.recursive, progress=not args.no_progress)
-    except (InferenceInputError, ModelLoadError, ValueError) as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 2
+            args.config,
+            args.checkpoint,
+            args.input,
+            args.modes,
+            device=args.device,
+            max_images=args.max_images,
+            warmup=args.warmup,
+            cfg_options=args.cfg_options,
+            recursive=args.recursive,
+            progress=not args.no_progress,
+        )
+    except ValueError as error:  # bad option values (known errors go to cli.run)
+        if args.debug or isinstance(error, cli.KNOWN_ERRORS):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return cli.USAGE_ERROR
     print(describe(result))
     print()
     print(modes_table(result))
-    for failure in result['meta']['failures']:
+    for failure in result["meta"]["failures"]:
         print(f"skipped {failure['name']}: {failure['reason']}", file=sys.stderr)
     if args.json:
         write_json(args.json, result)
     return 0
 
 
-if __name__ == '__main__':
-    sys.exit(main())
+if __name__ == "__main__":
+    cli.quiet_warnings()
+    sys.exit(cli.run(main))

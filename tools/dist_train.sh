@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Usage: tools/dist_train.sh CONFIG NPROC [extra args]. gloo on CPU, nccl on CUDA.
+# Usage: tools/dist_train.sh CONFIG NPROC [tools/train.py args]: NPROC processes through
+# torchrun, gloo on CPU, nccl on CUDA. Python: the repository's .venv/bin/python when present,
+# else $PYTHON, else python. Env: NNODES, NODE_RANK, PORT (29500), MASTER_ADDR (127.0.0.1).
+# Example: tools/dist_train.sh configs/demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py 2
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/dist_common.sh"
+if [ $# -lt 2 ]; then
+  echo "usage: tools/dist_train.sh CONFIG NPROC [tools/train.py args]" >&2
+  exit 2
+fi
 CONFIG=$1
-
 NPROC=$2
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-PORT=${PORT:-29500}
-MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
-PYTHON=${PYTHON:-python}
-exec "$PYTHON" -m torch.distributed.run \
-    --nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" \
-    --nproc_per_node="$NPROC" --master_port="$PORT" \
-    "$(dirname "$0")/train.py" "$CONFIG" --launcher pytorch "${@:3}"
+check_nproc "$NPROC"
+run_torchrun "$NPROC" train.py "$CONFIG" "${@:3}"

@@ -2,80 +2,211 @@
 
 Writes label maps (palette PNG, exact class ids), optional overlays and logits mirroring the input
 tree under --out-dir, and summary.json. Exit status: 0 all done, 1 some images failed (listed on
-stderr), 2 nothing could run (bad input, config or checkpoint). See docs/inference.md.
+stderr) or are still pending (a distributed run whose ranks did not all finish), 2 nothing could
+run (bad input, config or checkpoint). See docs/inference.md.
+
+Examples:
+  tools/infer.py configs/demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py \\
+      work_dirs/demo/iter_600.pth data/synthetic_long_range/leftImg8bit/val --recursive --fuse
+  tools/infer.py CONFIG CHECKPOINT photos/ --recursive --overlay --out-dir outputs/photos
+  tools/infer.py CONFIG CHECKPOINT big.png --cfg-options model.test_cfg.mode=slide --threads 1
+  tools/infer.py CONFIG CHECKPOINT photos/ --workers 2 --batch-size 4   # pipelined loop
+
+Distributed (every rank segments a shard of the sorted input list with its own GPU, or
+cores // ranks-per-node CPU threads, and journal; rank 0 merges summary.json at the end;
+a re-run with any number of ranks skips what is done):
+  tools/dist_infer.sh CONFIG CHECKPOINT INPUT NPROC [tools/infer.py args]   # torchrun
+  srun -n 8 .venv/bin/python tools/infer.py CONFIG CHECKPOINT INPUT --launcher slurm
+  tools/infer.py --merge-only --out-dir DIR   # summary.json from whatever the ranks wrote
 """
+
 import argparse
 import sys
 
-from mmengine.config import DictAction
+from ann_seg import cli
+from ann_seg.inference import DEFAULT_OUT_DIR, run_inference
+from ann_seg.inference.distributed import (
+    DEFAULT_TIMEOUT_S,
+    LAUNCHERS,
+    choose_rank_threads,
+    incomplete_note,
+    merge_journals,
+    rank_info,
+)
+from ann_seg.inference.threads import add_threads_argument
+from ann_seg.io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 
 
-def parse_args(argv=None):
-    from ann_seg.apis.inference import DEFAULT_MAX_PIXELS, DEFAULT_OUT_DIR, IMAGE_EXTENSIONS
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "config", nargs="?", help="config file, ann_seg::<dir>/<file>.py or mmseg::..."
+    )
+    parser.add_argument("checkpoint", nargs="?", help="checkpoint file")
+    parser.add_argument(
+        "input",
+        nargs="?",
+        help="image, folder, or list file (.txt/.lst/.list, one path "
+        "per line, relative to the list file)",
+    )
+    parser.add_argument(
+        "--out-dir", default=DEFAULT_OUT_DIR, help=f"output folder (default {DEFAULT_OUT_DIR})"
+    )
+    parser.add_argument("--overlay", action="store_true", help="also write colour overlays")
+    parser.add_argument(
+        "--opacity",
+        type=float,
+        default=0.5,
+        help="overlay opacity of the label colours, in (0, 1] (default 0.5)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="images per forward (consecutive images of equal size; default 1)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="DataLoader processes that read and preprocess while the model runs and threads "
+        "write (the pipelined loop; same labels); default 0: the sequential loop",
+    )
+    parser.add_argument(
+        "--device",
+        help="torch device (default cuda:0 if available, else cpu; under a launcher "
+        "cuda:LOCAL_RANK, and 'cuda' means that one)",
+    )
+    add_threads_argument(parser)
+    parser.add_argument("--recursive", action="store_true", help="descend into sub-folders")
+    parser.add_argument(
+        "--ext",
+        nargs="+",
+        metavar="EXT",
+        help="image extensions to take from folders (default "
+        f"{' '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)})",
+    )
+    parser.add_argument(
+        "--save-logits",
+        nargs="?",
+        const="npy",
+        choices=["npy", "npz"],
+        help="also write float16 logits (C, H, W): .npy (default when given) or .npz",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="segment again images whose outputs already exist"
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=float,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"skip (and report) images with more pixels (default {DEFAULT_MAX_PIXELS:.0e})",
+    )
+    cli.add_cfg_options_argument(parser)
+    parser.add_argument(
+        "--fuse",
+        action="store_true",
+        help="fast mode: BatchNorms and attention output projections folded "
+        "into convolutions, channels-last (same predictions up to rounding)",
+    )
+    parser.add_argument(
+        "--amp",
+        nargs="?",
+        const="auto",
+        choices=["auto", "on", "off"],
+        default="off",
+        help='autocast: "auto" (bare --amp) where the device '
+        "computes low precision natively (CUDA float16; bfloat16 on CPUs "
+        'with AVX512-BF16/AMX), "on" always (bfloat16 is emulated, slow, on '
+        'other CPUs), "off" (default)',
+    )
+    parser.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default="none",
+        help="one rank of a distributed run: pytorch (torchrun: tools/dist_infer.sh) or slurm "
+        "(srun: SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID); default none: one process",
+    )
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help="seconds rank 0 waits for the other ranks to join and to finish before it merges "
+        f"what exists (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--merge-only",
+        action="store_true",
+        help="segment nothing: write --out-dir's summary.json from all its journals (after a "
+        "crash); CONFIG, CHECKPOINT and INPUT are not needed",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cli.add_debug_argument(parser)
+    return parser
 
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('config', help='config file (or mmseg::<name>.py)')
-    parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('input', help='image, folder, or list file (.txt/.lst/.list, one path '
-                        'per line, relative to the list file)')
-    parser.add_argument('--out-dir', default=DEFAULT_OUT_DIR,
-                        help=f'output folder (default {DEFAULT_OUT_DIR})')
-    parser.add_argument('--overlay', action='store_true', help='also write colour overlays')
-    parser.add_argument('--opacity', type=float, default=0.5,
-                        help='overlay opacity of the label colours, in (0, 1] (default 0.5)')
-    parser.add_argument('--batch-size', type=int, default=1,
-                        help='images per forward (consecutive images of equal size)')
-    parser.add_argument('--device', help='torch device (default cuda:0 if available, else cpu)')
-    parser.add_argument('--recursive', action='store_true', help='descend into sub-folders')
-    parser.add_argument('--ext', nargs='+', metavar='EXT',
-                        help='image extensions to take from folders (default '
-                        f'{" ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)})')
-    parser.add_argument('--save-logits', nargs='?', const='npy', choices=['npy', 'npz'],
-                        help='also write float16 logits (C, H, W): .npy (default) or .npz')
-    parser.add_argument('--force', action='store_true',
-                        help='segment again images whose outputs already exist')
-    parser.add_argument('--max-pixels', type=float, default=DEFAULT_MAX_PIXELS,
-                        help='skip (and report) images with more pixels (default '
-                        f'{DEFAULT_MAX_PIXELS:.0e})')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, e.g. model.test_cfg.mode=slide')
-    parser.add_argument('--fuse', action='store_true',
-                        help='fast mode: BatchNorms and attention output projections folded '
-                        'into convolutions, channels-last (same predictions up to rounding)')
-    parser.add_argument('--amp', nargs='?', const='auto', choices=['auto', 'on', 'off'],
-                        default='off', help='autocast: "auto" (bare --amp) where the device '
-                        'computes low precision natively (CUDA float16; bfloat16 on CPUs '
-                        'with AVX512-BF16/AMX), "on" always (bfloat16 is emulated, slow, on '
-                        'other CPUs), "off" (default)')
-    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
-    return parser.parse_args(argv)
+
+def report(summary: dict, out_dir: str, threads: str) -> int:
+    """Print the counts, the failures and what is missing; the exit status."""
+    counts = summary["counts"]
+    print(
+        f"{counts['processed']} segmented, {counts['skipped']} already done, "
+        f"{counts['failed']} failed ({threads}); outputs and summary.json in {out_dir}"
+    )
+    note = incomplete_note(summary)
+    if note:
+        print(f"incomplete: {note}", file=sys.stderr)
+    if summary["failures"]:
+        print(f"{counts['failed']} of {counts['images']} images failed:", file=sys.stderr)
+        for failure in summary["failures"]:
+            print(f"  {failure['name']}: {failure['reason']}", file=sys.stderr)
+    return 1 if summary["failures"] or note else 0
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from ann_seg.apis.inference import InferenceInputError, ModelLoadError, run_inference
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.merge_only:
+        return report(merge_journals(args.out_dir), args.out_dir, "merged")
+    if args.input is None:
+        parser.error("CONFIG, CHECKPOINT and INPUT are required (unless --merge-only)")
+    info = rank_info(args.launcher)
+    threads = choose_rank_threads(args.threads, info)
+    summary = run_inference(
+        args.config,
+        args.checkpoint,
+        args.input,
+        args.out_dir,
+        overlay=args.overlay,
+        opacity=args.opacity,
+        batch_size=args.batch_size,
+        device=args.device,
+        recursive=args.recursive,
+        extensions=args.ext,
+        save_logits=args.save_logits,
+        force=args.force,
+        max_pixels=int(args.max_pixels),
+        cfg_options=args.cfg_options,
+        progress=not args.no_progress,
+        fuse=args.fuse,
+        amp=args.amp,
+        workers=args.workers,
+        launcher=args.launcher,
+        dist_timeout=args.dist_timeout,
+    )
+    if info.rank != 0:  # rank 0 reports the merged run; exiting 0 keeps torchrun waiting
+        own = summary["rank"]
+        print(
+            f"[rank {info.rank}/{info.world_size}] {own['processed']} segmented, "
+            f"{own['skipped']} already done, {own['failed']} failed of its {own['images']} "
+            f"({threads} thread(s)); rank 0 writes summary.json"
+        )
+        return 0
+    return report(summary, args.out_dir, f"{threads} thread(s)")
 
-    try:
-        summary = run_inference(
-            args.config, args.checkpoint, args.input, args.out_dir, overlay=args.overlay,
-            opacity=args.opacity, batch_size=args.batch_size, device=args.device,
-            recursive=args.recursive, extensions=args.ext, save_logits=args.save_logits,
-            force=args.force, max_pixels=int(args.max_pixels), cfg_options=args.cfg_options,
-            progress=not args.no_progress, fuse=args.fuse, amp=args.amp)
-    except (InferenceInputError, ModelLoadError) as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 2
-    counts = summary['counts']
-    print(f'{counts["processed"]} segmented, {counts["skipped"]} already done, '
-          f'{counts["failed"]} failed; outputs and summary.json in {args.out_dir}')
-    if summary['failures']:
-        print(f'{counts["failed"]} of {counts["images"]} images failed:', file=sys.stderr)
-        for failure in summary['failures']:
-            print(f'  {failure["name"]}: {failure["reason"]}', file=sys.stderr)
-        return 1
-    return 0
 
-
-if __name__ == '__main__':
-    sys.exit(main())
+if __name__ == "__main__":
+    cli.quiet_warnings()
+    sys.exit(cli.run(main))

@@ -1,56 +1,83 @@
-"""Train a segmentor: the arguments and behaviour of mmseg's tools/train.py, ann_seg registered."""
+"""Train a segmentor through mmengine's Runner: the arguments and behaviour of mmseg's
+tools/train.py, with ann_seg registered.
+
+Examples:
+  tools/train.py configs/demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py
+  tools/train.py ann_seg::ann/ann_r101-d8_4xb2-80k_cityscapes-512x1024.py --amp --resume
+  tools/train.py CONFIG --cfg-options train_cfg.max_iters=100
+  tools/train.py CONFIG --check-data     # tools/check_dataset.py first; exit 1 on problems
+"""
 
 import argparse
 import os
+import sys
 
-from mmengine.config import DictAction
+from ann_seg import cli
+from ann_seg.mmseg import DataCheckError
+from ann_seg.mmseg.runner import train
+
+DATA_PROBLEMS = 1
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(description="Train a segmentor")
-    parser.add_argument("config", help="config file path (or mmseg::ann/<name>.py)")
-    parser.add_argument("--work-dir", help="the dir to save logs and models")
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("config", help="config file, ann_seg::<dir>/<file>.py or mmseg::...")
     parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="resume from the latest checkpoint in the work_dir automatically",
+        "--work-dir", help="logs and checkpoints (default: work_dirs/<config name>)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="resume from the latest checkpoint in the work dir"
     )
     parser.add_argument(
         "--amp",
         action="store_true",
-        help="automatic mixed precision (fp16 on CUDA, bf16 on the CPU)",
+        help="mixed precision: float16 + loss scaling on CUDA; bfloat16 autocast on a CPU with "
+        "native bf16 (AVX512-BF16/AMX); elsewhere float32, with a notice",
     )
     parser.add_argument(
-        "--cfg-options",
-        nargs="+",
-        action=DictAction,
-        help="override config settings, e.g. train_cfg.max_iters=100",
+        "--check-data",
+        action="store_true",
+        help="scan the train and val sets first (as tools/check_dataset.py); stop with exit "
+        "status 1 if an image or label map is unusable",
     )
+    cli.add_cfg_options_argument(parser)
     parser.add_argument(
         "--launcher",
         choices=["none", "pytorch", "slurm", "mpi"],
         default="none",
-        help="job launcher",
+        help="job launcher (default none; tools/dist_train.sh sets pytorch)",
     )
+    parser.add_argument(
+        "--verbose", action="store_true", help="print the config and environment dump too"
+    )
+    cli.add_debug_argument(parser)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     return args
 
 
-def main():
-    args = parse_args()
-    from ann_seg.apis import train
-
-    train(
-        args.config,
-        work_dir=args.work_dir,
-        resume=args.resume,
-        amp=args.amp,
-        cfg_options=args.cfg_options,
-        launcher=args.launcher,
-    )
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        train(
+            args.config,
+            work_dir=args.work_dir,
+            resume=args.resume,
+            amp=args.amp,
+            cfg_options=args.cfg_options,
+            launcher=args.launcher,
+            verbose=args.verbose,
+            check_data=args.check_data,
+        )
+    except DataCheckError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return DATA_PROBLEMS
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.quiet_warnings()
+    sys.exit(cli.run(main))

@@ -1,5 +1,6 @@
-"""Library functions behind the tools (importable and tested)."""
-from .inference import run_inference
-from .runner import enable_amp, load_config, setup_launcher, test, train
+"""Deprecated (0.1 layout), kept for one release: use ``ann_seg.mmseg.runner`` (train, test)
+and ``ann_seg.inference`` (run_inference)."""
 
-__all__ = ['enable_amp', 'run_inference', 'load_config', 'setup_launcher', 'test', 'train']
+from ann_seg.inference import run_inference  # noqa: F401
+from ann_seg.mmseg.config import load_config  # noqa: F401
+from ann_seg.mmseg.runner import enable_amp, setup_launcher, test, train  # noqa: F401

@@ -1,8 +1,9 @@
-"""Benchmarks: configs (models, backbones, heads) and the non-local block family.
-
-``tools/benchmark.py`` and ``tools/benchmark_blocks.py`` parse arguments and call
-``run_benchmark`` / ``run_block_benchmark``; see docs/benchmark.md.
+"""Benchmarks: configs (models, backbones, heads), the block family, inference modes and the
+head comparison. ``tools/benchmark*.py`` and ``tools/compare_heads.py`` parse arguments and call
+``run_benchmark``, ``run_block_benchmark``, ``compare_inference_modes``, ``compare_heads``;
+see docs/benchmark.md.
 """
+
 from .measure import (
     PeakMemoryTracker,
     TimingCase,
@@ -14,14 +15,23 @@ from .models import (
     PARTS,
     BenchmarkSettings,
     benchmark_configs,
-    build_segmentor,
+    build_benchmark_model,
     feature_shapes,
     parse_shapes,
     run_benchmark,
 )
 
 __all__ = [
-    'PARTS', 'BenchmarkSettings', 'PeakMemoryTracker', 'TimingCase', 'benchmark_configs',
-    'build_segmentor', 'feature_shapes', 'latency_stats', 'measure_peak_memory', 'parse_shapes',
-    'run_benchmark', 'time_interleaved',
+    "PARTS",
+    "BenchmarkSettings",
+    "PeakMemoryTracker",
+    "TimingCase",
+    "benchmark_configs",
+    "build_benchmark_model",
+    "feature_shapes",
+    "latency_stats",
+    "measure_peak_memory",
+    "parse_shapes",
+    "run_benchmark",
+    "time_interleaved",
 ]

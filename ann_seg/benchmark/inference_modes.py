@@ -7,56 +7,69 @@ pipeline, ``test_cfg``, resize to the image's size), with its own copy of the sa
 * ``fuse``: ``prepare_for_inference(fuse=True)``: BatchNorms and APNB/AFNB output projections
   folded into convolutions, channels-last;
 * ``bf16`` / ``fuse+bf16``: the same under ``torch.autocast`` (bfloat16 on the CPU, float16
-  on CUDA), whether or not the hardware computes it natively (see ``native_amp_dtype``).
+  on CUDA), whether or not the hardware computes it natively (see ``native_low_precision_dtype``).
 
 Images are timed interleaved (each image runs in every mode, the order rotated per image) after
 warm-up runs on the first image. Reported per mode: median latency per image, speed-up over
 ``float32``, pixel agreement of the label maps with ``float32`` (over all pixels, and the worst
 image) and the relative L2 distance of the logits.
 """
+
 import statistics
-import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
+from mmseg.apis import inference_model
+
+from ann_seg.inference import (
+    InferenceInputError,
+    autocast_context,
+    collect_inputs,
+    dtype_name,
+    load_segmentor,
+    prepare_for_inference,
+    resolve_amp,
+)
+from ann_seg.io import ImageError, Progress, markdown_table, read_image
+from ann_seg.layers.compat import native_low_precision_dtype
+from ann_seg.mmseg import build_segmentor
+
+from .measure import synchronize
 
 MODES = {  # name: (fuse, autocast)
-    'float32': (False, False),
-    'fuse': (True, False),
-    'bf16': (False, True),
-    'fuse+bf16': (True, True),
+    "float32": (False, False),
+    "fuse": (True, False),
+    "bf16": (False, True),
+    "fuse+bf16": (True, True),
 }
-REFERENCE_MODE = 'float32'
-RANDOM_WEIGHTS = 'random'
+REFERENCE_MODE = "float32"
+RANDOM_WEIGHTS = "random"
 
 
 def check_modes(modes: Sequence[str]) -> List[str]:
     """Known, unique mode names with ``float32`` (the reference) first."""
     unknown = [m for m in modes if m not in MODES]
     if unknown:
-        raise ValueError(f'unknown inference mode(s) {unknown}; known: {list(MODES)}')
+        raise ValueError(f"unknown inference mode(s) {unknown}; known: {list(MODES)}")
     rest = [m for m in dict.fromkeys(modes) if m != REFERENCE_MODE]
     return [REFERENCE_MODE, *rest]
 
 
-def load_model(config, checkpoint: str, device: str = 'cpu', cfg_options: Optional[dict] = None,
-               seed: int = 0):
+def load_model(
+    config, checkpoint: str, device: str = "cpu", cfg_options: Optional[dict] = None, seed: int = 0
+):
     """``load_segmentor``; ``checkpoint='random'``: the config's model with random weights
     (PyTorch's default init, seeded, so every mode gets the same ones), for timing and
     numerical checks of architectures without a trained checkpoint."""
-    from ann_seg.apis.inference import build_inference_model, load_segmentor, resolve_dataset_meta
     if checkpoint != RANDOM_WEIGHTS:
         return load_segmentor(config, checkpoint, device, cfg_options)
-    import torch
     torch.manual_seed(seed)
-    cfg, model = build_inference_model(config, device, cfg_options)
-    model.dataset_meta = resolve_dataset_meta(cfg, None, model.decode_head.num_classes)
-    return model
+    return build_segmentor(config, device=device, cfg_options=cfg_options)
 
 
 def _read_images(input_path: str, max_images: Optional[int], recursive: bool):
-    from ann_seg.apis.inference import ImageError, collect_inputs, read_image
     images, failures = [], []
     for task in collect_inputs(input_path, recursive):
         if max_images is not None and len(images) >= max_images:
@@ -64,44 +77,38 @@ def _read_images(input_path: str, max_images: Optional[int], recursive: bool):
         try:
             images.append((task.name, read_image(task.path)[0]))
         except ImageError as error:
-            failures.append({'name': task.name, 'reason': str(error)})
+            failures.append({"name": task.name, "reason": str(error)})
     return images, failures
 
 
 def _predict(model, image: np.ndarray, device: str, amp_dtype):
-    import torch
-    from mmseg.apis import inference_model
-
-    from ann_seg.apis.inference import autocast_context
     with torch.no_grad(), autocast_context(device, amp_dtype):
         result = inference_model(model, image)
-    return (result.pred_sem_seg.data[0].cpu().numpy(),
-            result.seg_logits.data.float().cpu().numpy())
+    return (result.pred_sem_seg.data[0].cpu().numpy(), result.seg_logits.data.float().cpu().numpy())
 
 
-def compare_inference_modes(config, checkpoint: str, input_path: str,
-                            modes: Sequence[str] = ('float32', 'fuse', 'fuse+bf16'),
-                            device: str = 'cpu', max_images: Optional[int] = None,
-                            warmup: int = 1, cfg_options: Optional[dict] = None,
-                            recursive: bool = False, progress: bool = True) -> Dict[str, Any]:
+def compare_inference_modes(
+    config,
+    checkpoint: str,
+    input_path: str,
+    modes: Sequence[str] = ("float32", "fuse", "fuse+bf16"),
+    device: str = "cpu",
+    max_images: Optional[int] = None,
+    warmup: int = 1,
+    cfg_options: Optional[dict] = None,
+    recursive: bool = False,
+    progress: bool = True,
+) -> Dict[str, Any]:
     """Segment the images of ``input_path`` in every mode; returns ``rows`` (one per mode)
     and ``meta``. Unreadable images are reported in ``meta['failures']`` and skipped."""
-    from ann_seg.apis.inference import (
-        InferenceInputError,
-        dtype_name,
-        native_amp_dtype,
-        prepare_for_inference,
-        resolve_amp,
-    )
-    from ann_seg.benchmark.measure import synchronize
 
     modes = check_modes(modes)
     if warmup < 0:
-        raise ValueError(f'warmup must be >= 0, got {warmup}')
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
     images, failures = _read_images(input_path, max_images, recursive)
     if not images:
-        raise InferenceInputError(f'no readable image in {input_path}')
-    low = resolve_amp('on', device)
+        raise InferenceInputError(f"no readable image in {input_path}")
+    low = resolve_amp("on", device)
     models = {}
     for mode in modes:
         fuse, autocast = MODES[mode]
@@ -113,10 +120,7 @@ def compare_inference_modes(config, checkpoint: str, input_path: str,
             _predict(model, images[0][1], device, dtype)
     times: Dict[str, List[float]] = {m: [] for m in modes}
     stats = {m: dict(equal=0, pixels=0, worst=1.0, logit_rel=0.0) for m in modes}
-    bar = None
-    if progress:
-        from mmengine.utils import ProgressBar
-        bar = ProgressBar(len(images) * len(modes), file=sys.stderr)
+    bar = Progress(len(images) * len(modes), enabled=progress)
     for index, (_, image) in enumerate(images):
         shift = index % len(modes)
         outputs = {}
@@ -127,58 +131,87 @@ def compare_inference_modes(config, checkpoint: str, input_path: str,
             outputs[mode] = _predict(model, image, device, dtype)
             synchronize(device)
             times[mode].append(time.perf_counter() - start)
-            if bar is not None:
-                bar.update()
+            bar.update()
         ref_label, ref_logits = outputs[REFERENCE_MODE]
         ref_norm = float(np.linalg.norm(ref_logits)) or 1.0
         for mode, (label, logits) in outputs.items():
             equal = int((label == ref_label).sum())
             s = stats[mode]
-            s['equal'] += equal
-            s['pixels'] += label.size
-            s['worst'] = min(s['worst'], equal / label.size)
-            s['logit_rel'] = max(s['logit_rel'],
-                                 float(np.linalg.norm(logits - ref_logits)) / ref_norm)
-    if bar is not None:
-        bar.file.write('\n')
+            s["equal"] += equal
+            s["pixels"] += label.size
+            s["worst"] = min(s["worst"], equal / label.size)
+            s["logit_rel"] = max(
+                s["logit_rel"], float(np.linalg.norm(logits - ref_logits)) / ref_norm
+            )
+    bar.close()
 
     ref_median = statistics.median(times[REFERENCE_MODE])
     rows = []
     for mode in modes:
         median = statistics.median(times[mode])
         s = stats[mode]
-        rows.append(dict(
-            mode=mode, fuse=MODES[mode][0],
-            autocast=dtype_name(models[mode][1]),
-            latency_ms=dict(median=median * 1e3, min=min(times[mode]) * 1e3,
-                            max=max(times[mode]) * 1e3),
-            img_s=1.0 / median, speedup=ref_median / median,
-            pixel_agreement=s['equal'] / s['pixels'], worst_image_agreement=s['worst'],
-            logit_rel_l2_max=s['logit_rel']))
-    import torch
-    meta = dict(config=str(config), checkpoint=str(checkpoint), input=str(input_path),
-                device=str(device), images=len(images), pixels=stats[REFERENCE_MODE]['pixels'],
-                image_sizes=sorted({f'{im.shape[0]}x{im.shape[1]}' for _, im in images}),
-                threads=torch.get_num_threads(), warmup=warmup, failures=failures,
-                native_low_precision=dtype_name(native_amp_dtype(device)))
+        rows.append(
+            dict(
+                mode=mode,
+                fuse=MODES[mode][0],
+                autocast=dtype_name(models[mode][1]),
+                latency_ms=dict(
+                    median=median * 1e3, min=min(times[mode]) * 1e3, max=max(times[mode]) * 1e3
+                ),
+                img_s=1.0 / median,
+                speedup=ref_median / median,
+                pixel_agreement=s["equal"] / s["pixels"],
+                worst_image_agreement=s["worst"],
+                logit_rel_l2_max=s["logit_rel"],
+            )
+        )
+    meta = dict(
+        config=str(config),
+        checkpoint=str(checkpoint),
+        input=str(input_path),
+        device=str(device),
+        images=len(images),
+        pixels=stats[REFERENCE_MODE]["pixels"],
+        image_sizes=sorted({f"{im.shape[0]}x{im.shape[1]}" for _, im in images}),
+        threads=torch.get_num_threads(),
+        warmup=warmup,
+        failures=failures,
+        native_low_precision=dtype_name(native_low_precision_dtype(device)),
+    )
     return dict(meta=meta, rows=rows)
 
 
 def modes_table(result: Dict[str, Any]) -> str:
     """Markdown table of ``compare_inference_modes``'s rows."""
-    lines = ['| mode | ms / image (median) | img/s | × speed | pixel agreement | worst image '
-             '| logits rel. L2 (max) |', '| --- | ---: | ---: | ---: | ---: | ---: | ---: |']
-    for row in result['rows']:
-        lines.append(
-            f"| {row['mode']} | {row['latency_ms']['median']:.1f} | {row['img_s']:.3f} | "
-            f"{row['speedup']:.2f} | {100 * row['pixel_agreement']:.3f}% | "
-            f"{100 * row['worst_image_agreement']:.3f}% | {row['logit_rel_l2_max']:.1e} |")
-    return '\n'.join(lines)
+    header = [
+        "mode",
+        "ms / image (median)",
+        "img/s",
+        "× speed",
+        "pixel agreement",
+        "worst image",
+        "logits rel. L2 (max)",
+    ]
+    body = [
+        [
+            row["mode"],
+            f"{row['latency_ms']['median']:.1f}",
+            f"{row['img_s']:.3f}",
+            f"{row['speedup']:.2f}",
+            f"{100 * row['pixel_agreement']:.3f}%",
+            f"{100 * row['worst_image_agreement']:.3f}%",
+            f"{row['logit_rel_l2_max']:.1e}",
+        ]
+        for row in result["rows"]
+    ]
+    return markdown_table(header, body)
 
 
 def describe(result: Dict[str, Any]) -> str:
-    meta = result['meta']
-    native = meta['native_low_precision'] or 'none (bfloat16 is emulated: slow)'
-    return (f"{meta['images']} image(s) ({', '.join(meta['image_sizes'])}), "
-            f"{meta['pixels']} pixels, device {meta['device']}, {meta['threads']} thread(s); "
-            f"native low precision here: {native}. Agreement and logits against float32.")
+    meta = result["meta"]
+    native = meta["native_low_precision"] or "none (bfloat16 is emulated: slow)"
+    return (
+        f"{meta['images']} image(s) ({', '.join(meta['image_sizes'])}), "
+        f"{meta['pixels']} pixels, device {meta['device']}, {meta['threads']} thread(s); "
+        f"native low precision here: {native}. Agreement and logits against float32."
+    )

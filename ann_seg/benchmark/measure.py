@@ -11,20 +11,22 @@
   the N x N matrix of a math attention); their running sum in time order gives the peak.
   Memory is measured in a separate step after the timed ones (the profiler slows a step down).
 """
+
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ann_seg.io import Progress
+
 MIB = float(1 << 20)
 
 
 def synchronize(device: str) -> None:
     """Wait for queued kernels (CUDA); a no-op on the CPU."""
-    if str(device).startswith('cuda'):
+    if str(device).startswith("cuda"):
         torch.cuda.synchronize(device)
 
 
@@ -40,7 +42,7 @@ class PeakMemoryTracker:
         tracker.peak_bytes  # 16 MiB (16777216)
     """
 
-    def __init__(self, device: str = 'cpu'):
+    def __init__(self, device: str = "cpu"):
         self.device = str(device)
         self.peak_bytes: Optional[int] = None
         self._profiler = None
@@ -48,15 +50,16 @@ class PeakMemoryTracker:
 
     @property
     def is_cuda(self) -> bool:
-        return self.device.startswith('cuda')
+        return self.device.startswith("cuda")
 
-    def __enter__(self) -> 'PeakMemoryTracker':
+    def __enter__(self) -> "PeakMemoryTracker":
         if self.is_cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
         else:
             from torch.profiler import ProfilerActivity, profile
+
             self._profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
             self._profiler.__enter__()
         return self
@@ -77,13 +80,17 @@ class PeakMemoryTracker:
 
 def _cpu_peak_from_profile(prof) -> int:
     """Peak of the running sum of the profiler's CPU ``[memory]`` events (bytes; frees < 0)."""
-    results = getattr(prof.profiler, 'kineto_results', None)
+    results = getattr(prof.profiler, "kineto_results", None)
     if results is None:
-        raise RuntimeError('torch.profiler returned no events; CPU memory tracking needs a '
-                           'PyTorch built with kineto')
-    deltas = sorted((event.start_ns(), event.nbytes()) for event in results.events()
-                    if event.name() == '[memory]'
-                    and event.device_type() == torch.autograd.DeviceType.CPU)
+        raise RuntimeError(
+            "torch.profiler returned no events; CPU memory tracking needs a "
+            "PyTorch built with kineto"
+        )
+    deltas = sorted(
+        (event.start_ns(), event.nbytes())
+        for event in results.events()
+        if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU
+    )
     live = peak = 0
     for _, nbytes in deltas:
         live += nbytes
@@ -91,7 +98,7 @@ def _cpu_peak_from_profile(prof) -> int:
     return peak
 
 
-def measure_peak_memory(step: Callable[[], Any], device: str = 'cpu') -> int:
+def measure_peak_memory(step: Callable[[], Any], device: str = "cpu") -> int:
     """Bytes: peak of live tensors allocated while ``step()`` runs (its result is freed)."""
     with PeakMemoryTracker(device) as tracker:
         step()
@@ -101,6 +108,7 @@ def measure_peak_memory(step: Callable[[], Any], device: str = 'cpu') -> int:
 @dataclass
 class TimingCase:
     """One thing to time: ``step()`` runs one iteration (the caller sets no_grad etc. inside)."""
+
     name: str
     step: Callable[[], Any]
     times: List[float] = field(default_factory=list)
@@ -114,12 +122,16 @@ class TimingCase:
 def latency_stats(times: Sequence[float]) -> Dict[str, float]:
     """Median, mean, min and max of ``times`` (seconds) in milliseconds."""
     ms = [t * 1e3 for t in times]
-    return dict(median=statistics.median(ms), mean=statistics.fmean(ms), min=min(ms),
-                max=max(ms))
+    return dict(median=statistics.median(ms), mean=statistics.fmean(ms), min=min(ms), max=max(ms))
 
 
-def time_interleaved(cases: Sequence[TimingCase], repeat: int, warmup: int = 1,
-                     device: str = 'cpu', progress: bool = True) -> None:
+def time_interleaved(
+    cases: Sequence[TimingCase],
+    repeat: int,
+    warmup: int = 1,
+    device: str = "cpu",
+    progress: bool = True,
+) -> None:
     """Fill ``case.times`` (seconds per step) for every case, round-robin.
 
     ``warmup`` untimed rounds, then ``repeat`` timed rounds; in round ``r`` the cases run in the
@@ -127,8 +139,8 @@ def time_interleaved(cases: Sequence[TimingCase], repeat: int, warmup: int = 1,
     dropped from later rounds; the others go on.
     """
     if repeat < 1 or warmup < 0:
-        raise ValueError(f'need repeat >= 1 and warmup >= 0, got {repeat} and {warmup}')
-    bar = _progress_bar(len(cases) * (warmup + repeat)) if progress else None
+        raise ValueError(f"need repeat >= 1 and warmup >= 0, got {repeat} and {warmup}")
+    bar = Progress(len(cases) * (warmup + repeat), enabled=progress)
     for round_index in range(warmup + repeat):
         shift = round_index % max(len(cases), 1)
         for case in list(cases[shift:]) + list(cases[:shift]):
@@ -144,30 +156,25 @@ def time_interleaved(cases: Sequence[TimingCase], repeat: int, warmup: int = 1,
                 else:
                     if round_index >= warmup:
                         case.times.append(elapsed)
-            if bar is not None:
-                bar.update()
-    if bar is not None:
-        bar.file.write('\n')
-
-
-def _progress_bar(total: int):
-    from mmengine.utils import ProgressBar
-    return ProgressBar(total, file=sys.stderr)
+            bar.update()
+    bar.close()
 
 
 def format_error(error: BaseException) -> str:
     """``'TypeName: message'`` on one line, at most 300 characters."""
-    text = ' '.join(f'{type(error).__name__}: {error}'.split())
-    return text if len(text) <= 300 else text[:297] + '...'
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 REFERENCE_CONV_SHAPE = (64, 128)
 REFERENCE_CONV_CHANNELS = (2048, 512)
-REFERENCE_CONV = (f'3x3 conv {REFERENCE_CONV_CHANNELS[0]}->{REFERENCE_CONV_CHANNELS[1]} at '
-                  f'{REFERENCE_CONV_SHAPE[0]}x{REFERENCE_CONV_SHAPE[1]}, float32')
+REFERENCE_CONV = (
+    f"3x3 conv {REFERENCE_CONV_CHANNELS[0]}->{REFERENCE_CONV_CHANNELS[1]} at "
+    f"{REFERENCE_CONV_SHAPE[0]}x{REFERENCE_CONV_SHAPE[1]}, float32"
+)
 
 
-def reference_conv_case(device: str = 'cpu') -> Tuple[TimingCase, float]:
+def reference_conv_case(device: str = "cpu") -> Tuple[TimingCase, float]:
     """This machine's float32 convolution rate as a timing case: the ANN head's largest layer,
     ``REFERENCE_CONV`` (batch 1). Returns the case (time it interleaved with what it is
     compared to) and its FLOPs (2 per multiply-add)."""
@@ -179,4 +186,4 @@ def reference_conv_case(device: str = 'cpu') -> Tuple[TimingCase, float]:
         with torch.no_grad():
             conv(x)
 
-    return TimingCase('reference conv', step), 2.0 * c_in * c_out * 9 * shape[0] * shape[1]
+    return TimingCase("reference conv", step), 2.0 * c_in * c_out * 9 * shape[0] * shape[1]

@@ -1,7 +1,8 @@
 """Config-driven benchmark of segmentors, backbones and decode heads (``tools/benchmark.py``).
 
-Every config (a path or an ``mmseg::`` name) is built with ``pretrained=None`` (weights are
-PyTorch's default init; no download) and SyncBN replaced by BN (one process). For each input
+Every config (a path, ``ann_seg::`` or ``mmseg::`` name) is built by
+``ann_seg.mmseg.build_segmentor`` (weights are PyTorch's default init; no download; SyncBN
+replaced by BN: one process). For each input
 shape the configs are timed interleaved (``measure.time_interleaved``), then the peak memory of
 one more step is measured per config, then forward FLOPs are counted. Parts:
 
@@ -12,7 +13,9 @@ one more step is measured per config, then forward FLOPs are counted. Parts:
 * ``head``: the decode head alone on random features shaped as the backbone (and neck) would
   produce for the input (shapes from one pass on the ``meta`` device); train: ``head.loss``.
 """
+
 import copy
+import logging
 import os.path as osp
 import sys
 from contextlib import contextmanager, nullcontext
@@ -21,9 +24,19 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+from mmengine.analysis import complexity_analysis, get_model_complexity_info, parameter_count
+from mmengine.analysis.jit_handles import addmm_flop_jit, get_shape
+from mmengine.logging import MMLogger
+from mmengine.structures import PixelData
+from mmseg.structures import SegDataSample
+
+from ann_seg.inference import resolve_amp
+from ann_seg.layers import fuse_for_inference
+from ann_seg.mmseg import build_segmentor
 
 from .measure import (
     MIB,
+    REFERENCE_CONV,
     TimingCase,
     format_error,
     latency_stats,
@@ -31,9 +44,10 @@ from .measure import (
     reference_conv_case,
     time_interleaved,
 )
+from .report import config_table, environment, plot_latency_memory, settings_line, write_json
 
-PARTS = ('model', 'backbone', 'head')
-MODES = ('infer', 'train')
+PARTS = ("model", "backbone", "head")
+MODES = ("infer", "train")
 DEFAULT_SHAPE = (512, 1024)
 Shape = Tuple[int, int]
 
@@ -41,9 +55,10 @@ Shape = Tuple[int, int]
 @dataclass
 class BenchmarkSettings:
     """What to measure and how (the CLI options of ``tools/benchmark.py``)."""
-    part: str = 'model'
-    mode: str = 'infer'
-    device: str = 'cpu'
+
+    part: str = "model"
+    mode: str = "infer"
+    device: str = "cpu"
     amp: bool = False
     batch_size: int = 1
     repeat: int = 10
@@ -54,21 +69,20 @@ class BenchmarkSettings:
 
     def __post_init__(self):
         if self.part not in PARTS:
-            raise ValueError(f'part must be one of {PARTS}, got {self.part!r}')
+            raise ValueError(f"part must be one of {PARTS}, got {self.part!r}")
         if self.mode not in MODES:
-            raise ValueError(f'mode must be one of {MODES}, got {self.mode!r}')
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.batch_size < 1 or self.repeat < 1 or self.warmup < 0:
-            raise ValueError('need batch_size >= 1, repeat >= 1 and warmup >= 0')
+            raise ValueError("need batch_size >= 1, repeat >= 1 and warmup >= 0")
         if self.flop_rate and not self.flops:
-            raise ValueError('the FLOP rate needs FLOP counting (drop --no-flops)')
-        if self.device.startswith('cuda') and not torch.cuda.is_available():
-            raise ValueError(f'device {self.device!r} requested but CUDA is not available')
+            raise ValueError("the FLOP rate needs FLOP counting (drop --no-flops)")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} requested but CUDA is not available")
 
     @property
     def amp_dtype(self) -> torch.dtype:
         """bfloat16 on the CPU, float16 on CUDA (``resolve_amp('on', device)``)."""
-        from ann_seg.apis.inference import resolve_amp
-        return resolve_amp('on', self.device)
+        return resolve_amp("on", self.device)
 
 
 def parse_shapes(values: Optional[Sequence[int]]) -> Optional[List[Shape]]:
@@ -76,14 +90,14 @@ def parse_shapes(values: Optional[Sequence[int]]) -> Optional[List[Shape]]:
     if values is None:
         return None
     if len(values) == 0 or len(values) % 2:
-        raise ValueError(f'shapes need pairs H W, got {list(values)}')
+        raise ValueError(f"shapes need pairs H W, got {list(values)}")
     shapes = [(int(h), int(w)) for h, w in zip(values[::2], values[1::2])]
     if any(h < 1 or w < 1 for h, w in shapes):
-        raise ValueError(f'shapes must be positive, got {shapes}')
+        raise ValueError(f"shapes must be positive, got {shapes}")
     return shapes
 
 
-VARIANTS = ('fuse', 'cl', 'compile')
+VARIANTS = ("fuse", "cl", "compile")
 
 
 def split_variant(config: str) -> Tuple[str, Tuple[str, ...]]:
@@ -94,62 +108,46 @@ def split_variant(config: str) -> Tuple[str, Tuple[str, ...]]:
     ``compile``: ``torch.compile`` (inductor) of the backbone's, neck's and decode head's
     ``forward``; compilation happens in the warm-up rounds (use ``--warmup`` >= 1).
     """
-    path, *flags = config.split('+')
+    path, *flags = config.split("+")
     unknown = [f for f in flags if f not in VARIANTS]
     if unknown:
-        raise ValueError(f'unknown variant(s) {unknown} in {config!r}; known: {VARIANTS}')
+        raise ValueError(f"unknown variant(s) {unknown} in {config!r}; known: {VARIANTS}")
     return path, tuple(flags)
 
 
 def config_name(config: str) -> str:
     """Short label: ``mmseg::ann/x.py`` -> ``mmseg::x``; ``configs/ann/x.py+fuse`` -> ``x+fuse``."""
     config, flags = split_variant(config)
-    suffix = ''.join(f'+{f}' for f in flags)
-    if '::' in config:
-        scope, path = config.split('::', 1)
-        return f'{scope}::{osp.splitext(osp.basename(path))[0]}{suffix}'
+    suffix = "".join(f"+{f}" for f in flags)
+    if "::" in config:
+        scope, path = config.split("::", 1)
+        return f"{scope}::{osp.splitext(osp.basename(path))[0]}{suffix}"
     return osp.splitext(osp.basename(config))[0] + suffix
 
 
-def build_segmentor(config: str, cfg_options: Optional[dict] = None, device: str = 'cpu'):
-    """Build ``config``'s model for benchmarking: ``(cfg, model)`` on ``device``.
-
-    ``pretrained=None`` and no ``init_weights`` (nothing is downloaded); SyncBN -> BN; the
-    config's ``custom_imports`` are imported (``ann_seg`` registers its heads either way).
+def build_benchmark_model(config: str, cfg_options: Optional[dict] = None, device: str = "cpu"):
+    """``(cfg, model)`` of ``config`` (with ``+variant`` suffixes) on ``device``, built by
+    ``ann_seg.mmseg.build_segmentor`` (no download, SyncBN -> BN), then the variants applied.
     """
-    from mmengine.utils import import_modules_from_strings
-    from mmseg.registry import MODELS
-    from mmseg.utils import register_all_modules
-
-    import ann_seg  # noqa: F401  (registers our heads)
-    from ann_seg.apis.runner import _replace_sync_bn, load_config
-
-    register_all_modules(init_default_scope=True)
     config, flags = split_variant(config)
-    cfg = load_config(config, cfg_options, work_dir='')
-    if cfg.get('custom_imports'):
-        import_modules_from_strings(**cfg.custom_imports)
-    cfg.model.pretrained = None
-    _replace_sync_bn(cfg._cfg_dict)
-    model = MODELS.build(cfg.model).to(device)
-    if 'fuse' in flags:
-        from ann_seg.models.fuse import fuse_for_inference
+    model = build_segmentor(config, device=device, cfg_options=cfg_options)
+    if "fuse" in flags:
         fuse_for_inference(model)
-    if 'cl' in flags:
+    if "cl" in flags:
         model.to(memory_format=torch.channels_last)
-    if 'compile' in flags:
-        for name in ('backbone', 'neck', 'decode_head'):
+    if "compile" in flags:
+        for name in ("backbone", "neck", "decode_head"):
             module = getattr(model, name, None)
             if isinstance(module, nn.Module):  # mmseg calls decode_head.forward directly
                 module.eager_forward = module.forward  # for FLOP counting (jit tracing)
                 module.forward = torch.compile(module.forward)
     model.benchmark_variant = flags
-    return cfg, model
+    return model.cfg, model
 
 
 def default_shape(cfg) -> Shape:
     """The config's crop size (``crop_size`` or the preprocessor's ``size``), else 512x1024."""
-    size = cfg.get('crop_size', None) or cfg.model.get('data_preprocessor', {}).get('size')
+    size = cfg.get("crop_size", None) or cfg.model.get("data_preprocessor", {}).get("size")
     return (int(size[0]), int(size[1])) if size else DEFAULT_SHAPE
 
 
@@ -160,17 +158,17 @@ def feature_shapes(model: nn.Module, shape: Shape, batch_size: int = 1) -> List[
     lacks a meta kernel, runs the real modules once on a batch of 1 instead.
     """
     parts = nn.ModuleDict(dict(backbone=model.backbone))
-    if getattr(model, 'with_neck', False):
-        parts['neck'] = model.neck
+    if getattr(model, "with_neck", False):
+        parts["neck"] = model.neck
 
     def extract(modules, x):
-        feats = modules['backbone'](x)
-        return modules['neck'](feats) if 'neck' in modules else feats
+        feats = modules["backbone"](x)
+        return modules["neck"](feats) if "neck" in modules else feats
 
     try:
-        meta = copy.deepcopy(parts).to('meta').eval()
+        meta = copy.deepcopy(parts).to("meta").eval()
         with torch.no_grad():
-            feats = extract(meta, torch.empty(batch_size, 3, *shape, device='meta'))
+            feats = extract(meta, torch.empty(batch_size, 3, *shape, device="meta"))
     except Exception:
         device = next(model.parameters()).device
         was_training = parts.training
@@ -183,8 +181,6 @@ def feature_shapes(model: nn.Module, shape: Shape, batch_size: int = 1) -> List[
 
 def random_data_samples(num_classes: int, shape: Shape, batch_size: int, device: str):
     """``SegDataSample`` s with random ``gt_sem_seg`` labels of ``shape``."""
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
 
     samples = []
     for _ in range(batch_size):
@@ -202,7 +198,7 @@ class _InferenceForward(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.backbone = model.backbone
-        self.neck = model.neck if getattr(model, 'with_neck', False) else None
+        self.neck = model.neck if getattr(model, "with_neck", False) else None
         self.decode_head = model.decode_head
 
     def forward(self, images: torch.Tensor):
@@ -226,9 +222,10 @@ class _HeadForward(nn.Module):
 @dataclass
 class PartStep:
     """One benchmark step of a part and what FLOPs/parameters are counted on."""
+
     step: Callable[[], None]
-    module: nn.Module        # modules the inference forward runs (params, FLOPs)
-    flops_inputs: tuple      # batch-1 inputs of ``module``
+    module: nn.Module  # modules the inference forward runs (params, FLOPs)
+    flops_inputs: tuple  # batch-1 inputs of ``module``
     input_shapes: List[List[int]]
 
 
@@ -236,33 +233,39 @@ def _loss_total(losses: Dict[str, Any]) -> torch.Tensor:
     """Sum of the loss tensors (``loss*`` keys), as mmengine's ``parse_losses``."""
     total = 0
     for key, value in losses.items():
-        if 'loss' in key:
+        if "loss" in key:
             items = value if isinstance(value, (list, tuple)) else [value]
             total = total + sum(v.mean() for v in items)
     return total
 
 
-def make_part_step(model: nn.Module, part: str, settings: BenchmarkSettings,
-                   shape: Shape) -> PartStep:
+def make_part_step(
+    model: nn.Module, part: str, settings: BenchmarkSettings, shape: Shape
+) -> PartStep:
     """Inputs and the step closure for ``part`` of ``model`` at ``shape``."""
     device, batch = settings.device, settings.batch_size
-    train = settings.mode == 'train'
-    variant = getattr(model, 'benchmark_variant', ())
-    if train and 'fuse' in variant:
-        raise ValueError('the +fuse variant folds BatchNorms: inference only (--mode infer)')
+    train = settings.mode == "train"
+    variant = getattr(model, "benchmark_variant", ())
+    if train and "fuse" in variant:
+        raise ValueError("the +fuse variant folds BatchNorms: inference only (--mode infer)")
     model.train(train)
-    memory_format = torch.channels_last if 'cl' in variant else torch.contiguous_format
-    autocast = (torch.autocast(device.split(':')[0], dtype=settings.amp_dtype)
-                if settings.amp else nullcontext())
+    memory_format = torch.channels_last if "cl" in variant else torch.contiguous_format
+    autocast = (
+        torch.autocast(device.split(":")[0], dtype=settings.amp_dtype)
+        if settings.amp
+        else nullcontext()
+    )
     grad = torch.enable_grad if train else torch.no_grad
     images = torch.randn(batch, 3, *shape, device=device).contiguous(memory_format=memory_format)
     samples = None
-    if train and part != 'backbone':
+    if train and part != "backbone":
         samples = random_data_samples(model.decode_head.num_classes, shape, batch, device)
 
-    if part == 'head':
-        feats = [torch.randn(s, device=device).contiguous(memory_format=memory_format)
-                 for s in feature_shapes(model, shape, batch)]
+    if part == "head":
+        feats = [
+            torch.randn(s, device=device).contiguous(memory_format=memory_format)
+            for s in feature_shapes(model, shape, batch)
+        ]
         module, flops_inputs = _HeadForward(model.decode_head), tuple(f[:1] for f in feats)
         input_shapes = [list(f.shape) for f in feats]
 
@@ -270,7 +273,7 @@ def make_part_step(model: nn.Module, part: str, settings: BenchmarkSettings,
             if train:
                 return _loss_total(model.decode_head.loss(feats, samples, model.train_cfg))
             return model.decode_head.forward(feats)
-    elif part == 'backbone':
+    elif part == "backbone":
         module, flops_inputs = model.backbone, (images[:1],)
         input_shapes = [list(images.shape)]
 
@@ -284,7 +287,7 @@ def make_part_step(model: nn.Module, part: str, settings: BenchmarkSettings,
         def forward():
             if train:
                 return _loss_total(model.loss(images, samples))
-            return model(images, mode='tensor')
+            return model(images, mode="tensor")
 
     def step() -> None:
         with grad():
@@ -300,7 +303,6 @@ def make_part_step(model: nn.Module, part: str, settings: BenchmarkSettings,
 def _sdpa_flop_jit(inputs, outputs) -> int:
     """FLOPs (one multiply-add = 1) of ``scaled_dot_product_attention``: ``N S (Ck + Cv)``
     per batch/head: the ``q k^T`` and ``attn v`` products."""
-    from mmengine.analysis.jit_handles import get_shape
     q, k, v = (get_shape(x) for x in inputs[:3])
     batch = 1
     for d in q[:-2]:
@@ -310,28 +312,24 @@ def _sdpa_flop_jit(inputs, outputs) -> int:
 
 def _baddbmm_flop_jit(inputs, outputs) -> int:
     """``baddbmm(input, batch1 (B, n, k), batch2 (B, k, m))``: ``B n k m`` multiply-adds."""
-    from mmengine.analysis.jit_handles import get_shape
     (batch, n, k), m = get_shape(inputs[1]), get_shape(inputs[2])[-1]
     return batch * n * k * m
 
 
 def _extra_flop_ops() -> Dict[str, Callable]:
     """GEMM-like ops missing from mmengine's table (our attention and folded fusion use them)."""
-    from mmengine.analysis.jit_handles import addmm_flop_jit
-    return {'aten::scaled_dot_product_attention': _sdpa_flop_jit,
-            'aten::addmm_': addmm_flop_jit,
-            'aten::baddbmm': _baddbmm_flop_jit,
-            'aten::baddbmm_': _baddbmm_flop_jit}
+    return {
+        "aten::scaled_dot_product_attention": _sdpa_flop_jit,
+        "aten::addmm_": addmm_flop_jit,
+        "aten::baddbmm": _baddbmm_flop_jit,
+        "aten::baddbmm_": _baddbmm_flop_jit,
+    }
 
 
 @contextmanager
 def _quiet_flop_analysis():
     """Count the ops of ``_extra_flop_ops`` while active; hide mmengine's warnings about
     ops it does not count (element-wise ops, pooling...)."""
-    import logging
-
-    from mmengine.analysis import complexity_analysis
-    from mmengine.logging import MMLogger
 
     table = complexity_analysis._DEFAULT_SUPPORTED_FLOP_OPS
     added = {key: handle for key, handle in _extra_flop_ops().items() if key not in table}
@@ -350,27 +348,26 @@ def _quiet_flop_analysis():
 def count_complexity(module: nn.Module, inputs: tuple) -> Dict[str, float]:
     """Forward FLOPs and activations (mmengine's ``get_model_complexity_info``, one
     multiply-add = 1 FLOP, SDPA included) of ``module`` on ``inputs``, in eval mode."""
-    from mmengine.analysis import get_model_complexity_info
 
     was_training = module.training
     module.eval()
-    compiled = [m for m in module.modules() if hasattr(m, 'eager_forward')]
+    compiled = [m for m in module.modules() if hasattr(m, "eager_forward")]
     for m in compiled:  # the tracer cannot enter compiled code: count the eager forward
         m.forward, m.eager_forward = m.eager_forward, m.forward
     try:
         with _quiet_flop_analysis(), torch.no_grad():
-            info = get_model_complexity_info(module, inputs=inputs, show_table=False,
-                                             show_arch=False)
+            info = get_model_complexity_info(
+                module, inputs=inputs, show_table=False, show_arch=False
+            )
     finally:
         for m in compiled:
             m.forward, m.eager_forward = m.eager_forward, m.forward
         module.train(was_training)
-    return dict(flops=float(info['flops']), activations=float(info['activations']))
+    return dict(flops=float(info["flops"]), activations=float(info["activations"]))
 
 
 def count_parameters(module: nn.Module) -> int:
-    from mmengine.analysis import parameter_count
-    return int(parameter_count(module)[''])
+    return int(parameter_count(module)[""])
 
 
 @dataclass
@@ -393,13 +390,16 @@ def _unique_names(configs: Sequence[str]) -> List[str]:
     for config in configs:
         name = config_name(config)
         seen[name] = seen.get(name, 0) + 1
-        names.append(name if seen[name] == 1 else f'{name}#{seen[name]}')
+        names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
     return names
 
 
-def benchmark_configs(configs: Sequence[str], settings: BenchmarkSettings,
-                      shapes: Optional[Sequence[Shape]] = None,
-                      progress: bool = True) -> List[Dict[str, Any]]:
+def benchmark_configs(
+    configs: Sequence[str],
+    settings: BenchmarkSettings,
+    shapes: Optional[Sequence[Shape]] = None,
+    progress: bool = True,
+) -> List[Dict[str, Any]]:
     """Measure every config at every shape; one result dict per (config, shape).
 
     ``shapes=None`` uses each config's crop size. Configs that fail to build or run give
@@ -410,12 +410,13 @@ def benchmark_configs(configs: Sequence[str], settings: BenchmarkSettings,
     entries: List[_Entry] = []
     for config, name in zip(configs, _unique_names(configs)):
         try:
-            cfg, model = build_segmentor(config, settings.cfg_options, settings.device)
+            cfg, model = build_benchmark_model(config, settings.cfg_options, settings.device)
             config_shapes = list(shapes) if shapes else [default_shape(cfg)]
         except Exception as error:
             for shape in shapes or [None]:
-                entries.append(_Entry(config, name, shape, error=format_error(error),
-                                      stage='build'))
+                entries.append(
+                    _Entry(config, name, shape, error=format_error(error), stage="build")
+                )
             continue
         for shape in config_shapes:
             entries.append(_Entry(config, name, tuple(shape), model))
@@ -428,38 +429,42 @@ def benchmark_configs(configs: Sequence[str], settings: BenchmarkSettings,
     return rows
 
 
-def _measure_group(group: List[_Entry], settings: BenchmarkSettings, shape: Shape,
-                   progress: bool) -> None:
+def _measure_group(
+    group: List[_Entry], settings: BenchmarkSettings, shape: Shape, progress: bool
+) -> None:
     """Time the entries of one shape interleaved, then memory and FLOPs per entry."""
     for entry in group:
         try:
             entry.part_step = make_part_step(entry.model, settings.part, settings, shape)
             entry.case = TimingCase(entry.name, entry.part_step.step)
         except Exception as error:
-            entry.error, entry.stage = format_error(error), 'run'
+            entry.error, entry.stage = format_error(error), "run"
     cases = [e.case for e in group if e.case is not None]
     reference = None
     if settings.flop_rate:  # timed in the same rounds, so machine noise hits it alike
         reference, reference_flops = reference_conv_case(settings.device)
         cases.append(reference)
     if progress:
-        print(f'timing {len(cases)} config(s) at {shape[0]}x{shape[1]}: {settings.warmup} '
-              f'warm-up + {settings.repeat} interleaved rounds', file=sys.stderr)
+        print(
+            f"timing {len(cases)} config(s) at {shape[0]}x{shape[1]}: {settings.warmup} "
+            f"warm-up + {settings.repeat} interleaved rounds",
+            file=sys.stderr,
+        )
     time_interleaved(cases, settings.repeat, settings.warmup, settings.device, progress)
     if reference is not None and reference.ok:
-        rate = reference_flops / latency_stats(reference.times)['median'] * 1e3 / 1e9
+        rate = reference_flops / latency_stats(reference.times)["median"] * 1e3 / 1e9
         for entry in group:
             entry.reference_gflop_s = rate
     for entry in group:
         if entry.case is not None and not entry.case.ok:
-            entry.error, entry.stage = format_error(entry.case.error), 'run'
+            entry.error, entry.stage = format_error(entry.case.error), "run"
         if entry.error is None:
             try:
                 entry.peak_bytes = measure_peak_memory(entry.part_step.step, settings.device)
             except Exception as error:
-                entry.error, entry.stage = format_error(error), 'run'
+                entry.error, entry.stage = format_error(error), "run"
     if progress and settings.flops:
-        print('counting parameters and FLOPs', file=sys.stderr)
+        print("counting parameters and FLOPs", file=sys.stderr)
     for entry in group:
         entry.row = _result_row(entry, settings)
         entry.part_step = entry.case = None  # free this shape's inputs
@@ -467,50 +472,70 @@ def _measure_group(group: List[_Entry], settings: BenchmarkSettings, shape: Shap
 
 def _result_row(entry: _Entry, settings: BenchmarkSettings) -> Dict[str, Any]:
     row: Dict[str, Any] = dict(
-        config=entry.config, name=entry.name,
-        shape=list(entry.shape) if entry.shape else None, part=settings.part,
-        mode=settings.mode, device=settings.device, amp=settings.amp,
-        batch_size=settings.batch_size, status='ok' if entry.error is None else 'error')
+        config=entry.config,
+        name=entry.name,
+        shape=list(entry.shape) if entry.shape else None,
+        part=settings.part,
+        mode=settings.mode,
+        device=settings.device,
+        amp=settings.amp,
+        batch_size=settings.batch_size,
+        status="ok" if entry.error is None else "error",
+    )
     if entry.error is not None:
         row.update(stage=entry.stage, error=entry.error)
         return row
     step, case = entry.part_step, entry.case
     stats = latency_stats(case.times)
     row.update(
-        input_shapes=step.input_shapes, repeats=len(case.times), latency_ms=stats,
+        input_shapes=step.input_shapes,
+        repeats=len(case.times),
+        latency_ms=stats,
         times_ms=[t * 1e3 for t in case.times],
-        throughput_img_s=settings.batch_size / (stats['median'] / 1e3),
+        throughput_img_s=settings.batch_size / (stats["median"] / 1e3),
         peak_memory_mib=entry.peak_bytes / MIB,
-        params_m=count_parameters(step.module) / 1e6, flops_g=None, activations_m=None)
+        params_m=count_parameters(step.module) / 1e6,
+        flops_g=None,
+        activations_m=None,
+    )
     if settings.flops:
         try:
             complexity = count_complexity(step.module, step.flops_inputs)
-            row.update(flops_g=complexity['flops'] / 1e9,
-                       activations_m=complexity['activations'] / 1e6)
+            row.update(
+                flops_g=complexity["flops"] / 1e9, activations_m=complexity["activations"] / 1e6
+            )
         except Exception as error:  # FLOPs are optional: keep the timing
-            row['flops_error'] = format_error(error)
-    if entry.reference_gflop_s and row['flops_g']:
-        achieved = 2 * row['flops_g'] * settings.batch_size / (stats['median'] / 1e3)
-        row.update(reference_conv_gflop_s=entry.reference_gflop_s, achieved_gflop_s=achieved,
-                   flop_rate_ratio=achieved / entry.reference_gflop_s)
+            row["flops_error"] = format_error(error)
+    if entry.reference_gflop_s and row["flops_g"]:
+        achieved = 2 * row["flops_g"] * settings.batch_size / (stats["median"] / 1e3)
+        row.update(
+            reference_conv_gflop_s=entry.reference_gflop_s,
+            achieved_gflop_s=achieved,
+            flop_rate_ratio=achieved / entry.reference_gflop_s,
+        )
     return row
 
 
 def _add_ratios(rows: List[Dict[str, Any]]) -> None:
     references: Dict[tuple, Dict[str, Any]] = {}
     for row in rows:
-        if row['status'] != 'ok':
+        if row["status"] != "ok":
             continue
-        ref = references.setdefault(tuple(row['shape']), row)
-        row['reference'] = ref['name']
-        row['latency_ratio'] = row['latency_ms']['median'] / ref['latency_ms']['median']
-        ref_mem = ref['peak_memory_mib']
-        row['memory_ratio'] = row['peak_memory_mib'] / ref_mem if ref_mem > 0 else None
+        ref = references.setdefault(tuple(row["shape"]), row)
+        row["reference"] = ref["name"]
+        row["latency_ratio"] = row["latency_ms"]["median"] / ref["latency_ms"]["median"]
+        ref_mem = ref["peak_memory_mib"]
+        row["memory_ratio"] = row["peak_memory_mib"] / ref_mem if ref_mem > 0 else None
 
 
-def run_benchmark(configs: Sequence[str], settings: BenchmarkSettings,
-                  shapes: Optional[Sequence[Shape]] = None, json_path: Optional[str] = None,
-                  plot_path: Optional[str] = None, progress: bool = True) -> int:
+def run_benchmark(
+    configs: Sequence[str],
+    settings: BenchmarkSettings,
+    shapes: Optional[Sequence[Shape]] = None,
+    json_path: Optional[str] = None,
+    plot_path: Optional[str] = None,
+    progress: bool = True,
+) -> int:
     """``tools/benchmark.py``: measure, print the markdown table, write JSON/plot.
 
     ``settings.flop_rate``: also time this machine's float32 conv (``reference_conv_case``)
@@ -519,30 +544,33 @@ def run_benchmark(configs: Sequence[str], settings: BenchmarkSettings,
 
     Returns the exit status: 0 if every config was measured, 1 if any failed.
     """
-    from .report import config_table, environment, plot_latency_memory, settings_line, write_json
-
     meta = environment(settings.device)  # load average before our own load
     rows = benchmark_configs(configs, settings, shapes, progress)
     print(settings_line(settings, meta))
     print()
     print(config_table(rows))
     if settings.flop_rate:
-        from .measure import REFERENCE_CONV
         print()
         for row in rows:
-            if row.get('achieved_gflop_s'):
-                print(f"- {row['name']} at {row['shape'][0]}x{row['shape'][1]}: "
-                      f"{row['achieved_gflop_s']:.1f} GFLOP/s = "
-                      f"{100 * row['flop_rate_ratio']:.0f}% of the reference "
-                      f"({REFERENCE_CONV}: {row['reference_conv_gflop_s']:.1f} GFLOP/s, timed "
-                      'in the same rounds)')
+            if row.get("achieved_gflop_s"):
+                print(
+                    f"- {row['name']} at {row['shape'][0]}x{row['shape'][1]}: "
+                    f"{row['achieved_gflop_s']:.1f} GFLOP/s = "
+                    f"{100 * row['flop_rate_ratio']:.0f}% of the reference "
+                    f"({REFERENCE_CONV}: {row['reference_conv_gflop_s']:.1f} GFLOP/s, timed "
+                    "in the same rounds)"
+                )
     if json_path:
         write_json(json_path, dict(meta=meta, settings=vars(settings), results=rows))
     if plot_path:
-        plot_latency_memory(rows, plot_path, title=f'{settings.part} ({settings.mode}), '
-                            f'batch {settings.batch_size}, {settings.device}, '
-                            f"{meta['threads']} thread(s)")
-    failed = [r for r in rows if r['status'] != 'ok']
+        plot_latency_memory(
+            rows,
+            plot_path,
+            title=f"{settings.part} ({settings.mode}), "
+            f"batch {settings.batch_size}, {settings.device}, "
+            f"{meta['threads']} thread(s)",
+        )
+    failed = [r for r in rows if r["status"] != "ok"]
     for row in failed:
         print(f"error: {row['name']} ({row['stage']}): {row['error']}", file=sys.stderr)
     return 1 if failed else 0

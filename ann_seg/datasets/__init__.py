@@ -1,33 +1,4 @@
-"""Data sets of ann_seg."""
+"""Deprecated (0.1 layout), kept for one release: use ``ann_seg.mmseg.synthetic`` (the
+generator) and ``ann_seg.mmseg.datasets`` (the mmseg data set class)."""
 
-from .synthetic import (
-    CUE_BAND_FRACTION,
-    LAYOUTS,
-    MANIFEST_NAME,
-    MIN_CUE_DISTANCE_FRACTION,
-    SPLITS,
-    SYNTHETIC_CLASSES,
-    SYNTHETIC_PALETTE,
-    LongRangeGeometry,
-    SyntheticSample,
-    generate_long_range_dataset,
-    long_range_geometry,
-    render_long_range_sample,
-    synthetic_metainfo,
-)
-
-__all__ = [
-    "CUE_BAND_FRACTION",
-    "LAYOUTS",
-    "MANIFEST_NAME",
-    "MIN_CUE_DISTANCE_FRACTION",
-    "SPLITS",
-    "SYNTHETIC_CLASSES",
-    "SYNTHETIC_PALETTE",
-    "LongRangeGeometry",
-    "SyntheticSample",
-    "generate_long_range_dataset",
-    "long_range_geometry",
-    "render_long_range_sample",
-    "synthetic_metainfo",
-]
+from ann_seg.mmseg.synthetic import *  # noqa: F401,F403

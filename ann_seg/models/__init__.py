@@ -1,7 +1,14 @@
-"""Models: plain-PyTorch blocks, and (when mmseg is installed) mmseg heads on them."""
-from importlib.util import find_spec
+"""Deprecated (0.1 layout), kept for one release: use ``ann_seg.layers`` (blocks, folding) and
+``ann_seg.mmseg.heads``."""
+
+import warnings
+
+from ann_seg.mmseg import heads  # noqa: F401
 
 from . import blocks  # noqa: F401
 
-if find_spec('mmseg') is not None:
-    from . import heads  # noqa: F401  (registers the heads in mmseg's MODELS)
+warnings.warn(
+    "ann_seg.models is deprecated: use ann_seg.layers and ann_seg.mmseg.heads",
+    DeprecationWarning,
+    stacklevel=2,
+)

@@ -1,6 +1,6 @@
-"""Utilities of ann_seg."""
+"""Deprecated (0.1 layout), kept for one release: use ``ann_seg.mmseg.checkpoint``."""
 
-from .checkpoint import (
+from ann_seg.mmseg.checkpoint import (  # noqa: F401
     CorruptCheckpointError,
     UnsafeCheckpointError,
     get_checkpoint_safe_globals,
@@ -8,12 +8,3 @@ from .checkpoint import (
     mmengine_safe_globals,
     safe_load_checkpoint,
 )
-
-__all__ = [
-    "CorruptCheckpointError",
-    "UnsafeCheckpointError",
-    "get_checkpoint_safe_globals",
-    "install_mmengine_checkpoint_loader",
-    "mmengine_safe_globals",
-    "safe_load_checkpoint",
-]

@@ -1,0 +1,47 @@
+"""Torch-only layers: the non-local block family and its pieces (imports nothing but PyTorch;
+import-linter enforces it).
+
+``attend`` (the attention core), samplers (pyramid pooling, max pool, identity),
+``AsymmetricAttention``, ``APNB``, ``AFNB``, ``NonLocalBlock``, ``CGNLBlock``, the fusion
+shared by APNB/AFNB, exact inference folding (``fold``), conv/norm helpers (``conv``) and the
+torch-version helpers (``compat``).
+"""
+
+from .afnb import AFNB
+from .apnb import APNB
+from .asymmetric import AsymmetricAttention
+from .attention import attend
+from .cgnl import CGNLBlock, cgnl_kernel
+from .conv import ConvNormAct
+from .fold import fold_attention_blocks, fold_batch_norms, fold_conv_bn, fuse_for_inference
+from .fusion import AttentionFusionBlock, FoldedFusion
+from .non_local import NonLocalBlock
+from .samplers import (
+    IdentitySampler,
+    MaxPoolSampler,
+    PyramidPoolingSampler,
+    adaptive_pool_matrix,
+    build_sampler,
+)
+
+__all__ = [
+    "AFNB",
+    "APNB",
+    "AsymmetricAttention",
+    "AttentionFusionBlock",
+    "CGNLBlock",
+    "ConvNormAct",
+    "FoldedFusion",
+    "IdentitySampler",
+    "MaxPoolSampler",
+    "NonLocalBlock",
+    "PyramidPoolingSampler",
+    "adaptive_pool_matrix",
+    "attend",
+    "build_sampler",
+    "cgnl_kernel",
+    "fold_attention_blocks",
+    "fold_batch_norms",
+    "fold_conv_bn",
+    "fuse_for_inference",
+]

@@ -1,0 +1,145 @@
+"""What APNB and AFNB share (Zhu et al., ICCV 2019, Sec. 3.3-3.4): the fusion of the
+attention output with the query map, ``Y = dropout(act(norm(conv(fuse(W_o(O), X)))))``, and its
+exact inference-time folding into two accumulating GEMMs (``AttentionFusionBlock.fold_``)."""
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .asymmetric import AsymmetricAttention
+from .conv import batch_norm_affine
+from .samplers import PyramidPoolingSampler
+
+FUSION_MODES = ("concat", "add")
+_DROPOUT = {1: nn.Dropout1d, 2: nn.Dropout2d, 3: nn.Dropout3d}
+
+
+def check_fusion(fusion: str) -> str:
+    if fusion not in FUSION_MODES:
+        raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}")
+    return fusion
+
+
+def dropout_nd(p: float, dims: int) -> nn.Module:
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {p!r}")
+    return _DROPOUT[dims](p) if p > 0 else nn.Identity()
+
+
+def pyramid_sampler(pool_sizes: Sequence[int], sampler) -> nn.Module:
+    return PyramidPoolingSampler(pool_sizes) if sampler is None else sampler
+
+
+def _affine_of_norm(norm: Optional[nn.Module], channels: int, like: torch.Tensor):
+    """``(scale, shift)`` of an eval-mode BatchNorm (or of no norm)."""
+    if norm is None or isinstance(norm, nn.Identity):
+        return like.new_ones(channels), like.new_zeros(channels)
+    if not isinstance(norm, nn.modules.batchnorm._BatchNorm) or norm.training:
+        raise ValueError(
+            f"fold_() needs an eval-mode BatchNorm after the fusion conv, got "
+            f"{type(norm).__name__} (training={norm.training})"
+        )
+    return batch_norm_affine(norm)
+
+
+class AttentionFusionBlock(nn.Module):
+    """What APNB and AFNB share: ``Y = dropout(act(norm(conv(fuse(W_o(O), X)))))``, and its
+    exact inference-time folding (``fold_``)."""
+
+    attention: AsymmetricAttention
+    fuse: nn.Module
+    fusion: str
+    folded: bool = False
+
+    def _fused_output(self, x: torch.Tensor, x_kv: Optional[torch.Tensor] = None):
+        if self.folded:
+            out = self.fuse(self.attention.tokens(x, x_kv), x)
+        else:
+            context = self.attention(x, x_kv)
+            fused = torch.cat([context, x], 1) if self.fusion == "concat" else x + context
+            out = self.fuse(fused)
+        return self.dropout(out)
+
+    @torch.no_grad()
+    def fold_(self) -> "AttentionFusionBlock":
+        """For inference: merge ``W_o``, the fusion conv and its BatchNorm into one linear map
+        of ``(O, X)`` (exact: no nonlinearity lies between them). ``concat``:
+        ``BN(W_f [W_o O + b_o; X]) = (a W_fa W_o) O + (a W_fb) X + a (W_fa b_o) + c``; ``add``
+        likewise with ``W_fa = W_fb = W_f``. Saves ``W_o``, shrinks the fusion GEMM from
+        ``out + in`` to ``value + in`` input channels, and reads ``O`` in the attention's
+        token layout (no concatenation, no transpose; see ``FoldedFusion``). Needs eval mode;
+        irreversible."""
+        if self.training:
+            raise RuntimeError(f"{type(self).__name__}.fold_() is for inference: call eval() first")
+        if self.folded:
+            return self
+        w_out = self.attention.out_proj.weight.flatten(1)  # (attn_out, value)
+        b_out = self.attention.out_proj.bias
+        conv = self.fuse.conv
+        w_fuse = conv.weight.flatten(1)  # (out, fuse_in)
+        b_fuse = conv.bias if conv.bias is not None else w_fuse.new_zeros(w_fuse.shape[0])
+        scale, shift = _affine_of_norm(getattr(self.fuse, "norm", None), w_fuse.shape[0], w_fuse)
+        attn_out = w_out.shape[0]
+        w_a = w_fuse[:, :attn_out]
+        w_x = w_fuse[:, attn_out:] if self.fusion == "concat" else w_fuse
+        self.fuse = FoldedFusion(
+            (w_a @ w_out) * scale[:, None],
+            w_x * scale[:, None],
+            (w_a @ b_out + b_fuse) * scale + shift,
+            getattr(self.fuse, "act", None),
+        )
+        self.attention.out_proj = None  # merged into it
+        self.folded = True
+        return self
+
+
+class FoldedFusion(nn.Module):
+    """A folded block's fusion: ``act(W_c O + W_x X + b)`` (see ``fold_``), as two
+    accumulating GEMMs per batch, with no concatenation.
+
+    ``O`` comes in the attention's token layout ``(B, N, C_v)``; ``X`` is ``(B, C_in, *S)``.
+    With a channels-last ``X`` both are row-major ``(B N, C)`` matrices and the output is
+    written channels-last; otherwise it is contiguous. Shape: ``-> (B, C_out, *S)``.
+    """
+
+    def __init__(
+        self,
+        context_weight: torch.Tensor,
+        input_weight: torch.Tensor,
+        bias: torch.Tensor,
+        act: Optional[nn.Module] = None,
+    ):
+        super().__init__()
+        self.context_weight = nn.Parameter(context_weight.detach().clone())  # (C_out, C_v)
+        self.input_weight = nn.Parameter(input_weight.detach().clone())  # (C_out, C_in)
+        self.bias = nn.Parameter(bias.detach().clone())  # (C_out,)
+        self.act = nn.Identity() if act is None else act
+
+    def forward(self, context: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, *spatial = x.shape
+        out_channels = self.bias.shape[0]
+        tokens = x.movedim(1, -1)
+        if tokens.is_contiguous():  # channels-last: one GEMM over all B N positions
+            out = torch.addmm(self.bias, tokens.reshape(-1, channels), self.input_weight.t())
+            out = out.addmm_(
+                context.reshape(-1, context.shape[-1]).to(out.dtype),
+                self.context_weight.to(out.dtype).t(),
+            )
+            out = out.view(batch, *spatial, out_channels).movedim(-1, 1)
+        else:
+            out = torch.baddbmm(
+                self.bias[:, None],
+                self.input_weight.expand(batch, -1, -1),
+                x.reshape(batch, channels, -1),
+            )
+            out = out.baddbmm_(
+                self.context_weight.to(out.dtype).expand(batch, -1, -1),
+                context.to(out.dtype).transpose(1, 2),
+            )
+            out = out.view(batch, out_channels, *spatial)
+        return self.act(out)
+
+    def extra_repr(self) -> str:
+        out_channels, value_channels = self.context_weight.shape
+        return f"context={value_channels}, input={self.input_weight.shape[1]}, out={out_channels}"

@@ -1,0 +1,432 @@
+"""A synthetic segmentation data set that can only be solved with long-range context.
+
+What decides a pixel's label
+----------------------------
+Every image (``H x W``) has two parts:
+
+* **The cue band** -- rows ``[0, cue_rows)`` with ``cue_rows = max(2, round(H / 16))``, filled with
+  one saturated colour.  Its hue is one of ``K`` evenly spaced hues (``hue = (k - 1) / K`` for class
+  ``k``), jittered per image by up to +-20 % of the hue spacing, with random saturation/brightness.
+  The band's hue picks the image's *cue class* ``k`` in ``1..K``.  Band pixels are labelled
+  background (0).
+* **The object region** -- rows ``>= min_object_row = cue_rows + ceil(0.4 * H)``.  Two to five
+  grey, striped objects (discs, rotated rectangles, blobs made of overlapping discs) with random
+  size, position, brightness and stripe orientation/period/phase sit on a darker, smoothly varying
+  grey background.  All objects of an image are labelled with its cue class ``k``; every other
+  pixel is background (0).
+
+Hence, whether a pixel is *object or background* is a local question (brightness and stripes),
+but *which object class* is decided only by the cue band, which lies more than ``0.4 * H`` pixels
+away: every object pixel is at Euclidean distance ``>= min_cue_distance = ceil(0.4 * H) + 1`` from
+every cue pixel.  Objects are rendered from random numbers whose distribution does not depend on
+the class, so a local window that stays more than ``0.4 * H`` below the band holds no information
+about the class.  A per-image random colour gain (+-5 % per channel) and per-pixel Gaussian noise
+(sigma = 0.03 of the range, per channel) are applied to the whole image, so no exact colour value
+can leak from the band into the objects.  The label value 255 ("ignore") is never written.
+
+Every image is generated from its own ``numpy`` Generator seeded with ``(seed, split, index)``: the
+data are byte-identical for equal parameters, and a split's content does not depend on the size of
+the other split.  The pixel content does not depend on the layout either (ADE20K images are JPEG,
+quality 95, so they differ from the PNGs by compression noise only).
+
+On-disk layouts (those read by mmseg's ``CityscapesDataset`` and ``ADE20KDataset``)
+-----------------------------------------------------------------------------------
+* ``cityscapes``: ``leftImg8bit/{train,val}/<city>/<city>_<seq:06d>_000019_leftImg8bit.png`` and
+  ``gtFine/{train,val}/<city>/<same stem>_gtFine_labelTrainIds.png`` (uint8 train ids ``0..K``),
+  two made-up cities per split, sample ``i`` in city ``i % 2`` with sequence number ``i // 2``.
+* ``ade20k``: ``images/{training,validation}/ADE_{train,val}_<i + 1:08d>.jpg`` and
+  ``annotations/{training,validation}/<same stem>.png`` holding ``class id + 1`` (value 0, "other",
+  is never written), to be read with ``reduce_zero_label=True``.
+
+A manifest ``ann_seg_synthetic.json`` in the root records the parameters; generating again with the
+same parameters into a complete data set is a no-op.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+import math
+import os
+import sys
+from typing import Any, NamedTuple
+
+import cv2
+import numpy as np
+
+from ann_seg.io import Progress, atomic_write_bytes
+
+__all__ = [
+    "CUE_BAND_FRACTION",
+    "LAYOUTS",
+    "MANIFEST_NAME",
+    "MIN_CUE_DISTANCE_FRACTION",
+    "SPLITS",
+    "SYNTHETIC_CLASSES",
+    "SYNTHETIC_PALETTE",
+    "LongRangeGeometry",
+    "SyntheticSample",
+    "generate_long_range_dataset",
+    "long_range_geometry",
+    "render_long_range_sample",
+    "synthetic_metainfo",
+]
+
+CUE_BAND_FRACTION = 1 / 16
+MIN_CUE_DISTANCE_FRACTION = 0.4
+MIN_SIZE = 32
+MANIFEST_NAME = "ann_seg_synthetic.json"
+LAYOUTS = ("cityscapes", "ade20k")
+SPLITS = ("train", "val")
+
+_GENERATOR_ID = "ann_seg.datasets.synthetic"
+_GENERATOR_VERSION = 1
+_SPLIT_SEED_CODES = {"train": 0, "val": 1}
+_CITYSCAPES_CITIES = {"train": ("farfield", "longreach"), "val": ("distantvale", "remoteford")}
+_ADE_SPLIT_DIRS = {"train": "training", "val": "validation"}
+_CUE_SATURATION, _CUE_VALUE = 0.85, 0.9
+_NOISE_SIGMA = 0.03
+_JPEG_QUALITY = 95
+
+
+def _check_size(size: tuple[int, int]) -> tuple[int, int]:
+    height, width = (int(value) for value in size)
+    if height < MIN_SIZE or width < MIN_SIZE:
+        raise ValueError(f"size must be at least {MIN_SIZE}x{MIN_SIZE}, got {tuple(size)}")
+    return height, width
+
+
+def _check_num_classes(num_classes: int) -> None:
+    if not 1 <= num_classes <= 254:  # ADE20K annotations store class + 1 in uint8, 255 = ignore
+        raise ValueError(f"num_classes must be in 1..254, got {num_classes}")
+
+
+def _class_names(num_classes: int) -> tuple[str, ...]:
+    names = [
+        f"class_{chr(ord('a') + i)}" if i < 26 else f"class_{i + 1}" for i in range(num_classes)
+    ]
+    return ("background", *names)
+
+
+def _cue_rgb(hue: float, saturation: float, value: float) -> tuple[float, float, float]:
+    return colorsys.hsv_to_rgb(hue % 1.0, saturation, value)
+
+
+def synthetic_metainfo(num_classes: int = 4) -> dict[str, tuple]:
+    """Class names and palette (mmseg ``METAINFO`` style) for ``num_classes`` object classes.
+
+    The palette colour of object class ``k`` is the nominal colour of its cue band; background is
+    black.
+    """
+    _check_num_classes(num_classes)
+    palette = [(0, 0, 0)]
+    for k in range(1, num_classes + 1):
+        rgb = _cue_rgb((k - 1) / num_classes, _CUE_SATURATION, _CUE_VALUE)
+        palette.append(tuple(round(255 * c) for c in rgb))
+    return {"classes": _class_names(num_classes), "palette": tuple(palette)}
+
+
+SYNTHETIC_CLASSES = synthetic_metainfo(4)["classes"]
+SYNTHETIC_PALETTE = synthetic_metainfo(4)["palette"]
+
+
+class LongRangeGeometry(NamedTuple):
+    """Where the cue and the objects may lie in an image of a given height."""
+
+    cue_rows: int  # the cue band covers rows [0, cue_rows)
+    min_object_row: int  # objects only cover rows >= min_object_row
+    min_cue_distance: int  # smallest distance between an object pixel and a cue pixel
+
+
+def long_range_geometry(size: tuple[int, int]) -> LongRangeGeometry:
+    """Cue band height and the minimum object row/distance for an image of ``size = (H, W)``."""
+    height, _ = _check_size(size)
+    cue_rows = max(2, round(height * CUE_BAND_FRACTION))
+    min_object_row = cue_rows + math.ceil(MIN_CUE_DISTANCE_FRACTION * height)
+    return LongRangeGeometry(cue_rows, min_object_row, min_object_row - (cue_rows - 1))
+
+
+class SyntheticSample(NamedTuple):
+    """One rendered sample: RGB ``uint8`` image, ``uint8`` train-id label and its cue class."""
+
+    image: np.ndarray
+    label: np.ndarray
+    cue_class: int
+
+
+def render_long_range_sample(
+    seed: int,
+    split: str,
+    index: int,
+    size: tuple[int, int] = (128, 256),
+    num_classes: int = 4,
+) -> SyntheticSample:
+    """Render sample ``index`` of ``split`` exactly as :func:`generate_long_range_dataset` does."""
+    height, width = _check_size(size)
+    _check_num_classes(num_classes)
+    if split not in _SPLIT_SEED_CODES:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    geometry = long_range_geometry(size)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_SEED_CODES[split], index]))
+    cue_class = int(rng.integers(1, num_classes + 1))
+
+    coarse = rng.standard_normal((max(2, height // 16), max(2, width // 16)), dtype=np.float32)
+    intensity = rng.uniform(0.15, 0.35) + 0.05 * cv2.resize(
+        coarse, (width, height), interpolation=cv2.INTER_CUBIC
+    )
+    label = np.zeros((height, width), np.uint8)
+    for _ in range(int(rng.integers(2, 6))):
+        mask = _random_object_mask(rng, geometry, height, width)
+        angle, amplitude = rng.uniform(0.0, np.pi), rng.uniform(0.03, 0.1)
+        period, phase = rng.uniform(3.0, 8.0), rng.uniform(0.0, 2 * np.pi)
+        brightness = rng.uniform(0.55, 0.8)
+        left, top, box_width, box_height = cv2.boundingRect(mask.astype(np.uint8))
+        box = (slice(top, top + box_height), slice(left, left + box_width))
+        rows, cols = np.mgrid[box].astype(np.float32)
+        stripes = amplitude * np.sin(
+            2 * np.pi * (cols * np.cos(angle) + rows * np.sin(angle)) / period + phase
+        )
+        intensity[box][mask[box]] = (brightness + stripes)[mask[box]]
+        label[mask] = cue_class
+
+    image = np.repeat(intensity[..., None], 3, axis=2)
+    spacing = 1.0 / num_classes
+    hue = (cue_class - 1) * spacing + rng.uniform(-0.2, 0.2) * spacing
+    image[: geometry.cue_rows] = _cue_rgb(hue, rng.uniform(0.7, 0.95), rng.uniform(0.75, 0.95))
+    image = image * rng.uniform(0.95, 1.05, size=3).astype(np.float32)
+    image += _NOISE_SIGMA * rng.standard_normal(image.shape, dtype=np.float32)
+    image = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+    return SyntheticSample(image, label, cue_class)
+
+
+def _random_object_mask(
+    rng: np.random.Generator, geometry: LongRangeGeometry, height: int, width: int
+) -> np.ndarray:
+    """A disc, rotated rectangle or blob fitting in a circle that lies in the object region."""
+    region = min(height - geometry.min_object_row, width)
+    max_radius = max(3, int(0.3 * region))
+    radius = int(rng.integers(max(3, round(0.12 * region)), max_radius + 1))
+    center_row = int(rng.integers(geometry.min_object_row + radius, height - radius))
+    center_col = int(rng.integers(radius, width - radius))
+    mask = np.zeros((height, width), np.uint8)
+    kind = int(rng.integers(3))
+    if kind == 0:
+        cv2.circle(mask, (center_col, center_row), radius, 1, thickness=-1)
+    elif kind == 1:
+        diagonal_angle = rng.uniform(np.radians(20), np.radians(70))
+        half_diagonal = radius - 1  # rounding the corners may add up to one pixel
+        box = (
+            (center_col, center_row),
+            (
+                2 * half_diagonal * np.cos(diagonal_angle),
+                2 * half_diagonal * np.sin(diagonal_angle),
+            ),
+            rng.uniform(0.0, 180.0),
+        )
+        cv2.fillPoly(mask, [np.rint(cv2.boxPoints(box)).astype(np.int32)], 1)
+    else:
+        for _ in range(int(rng.integers(3, 6))):
+            part_radius = max(2, int(rng.uniform(0.35, 0.55) * radius))
+            offset, direction = rng.uniform(0, radius - part_radius), rng.uniform(0, 2 * np.pi)
+            part_center = (
+                round(center_col + offset * np.cos(direction)),
+                round(center_row + offset * np.sin(direction)),
+            )
+            cv2.circle(mask, part_center, part_radius, 1, thickness=-1)
+    mask[: geometry.min_object_row] = 0  # a no-op by construction; keeps the distance guaranteed
+    return mask.astype(bool)
+
+
+# --------------------------------------------------------------------------- on-disk layouts
+
+
+def _sample_paths(layout: str, split: str, index: int) -> tuple[str, str]:
+    """Image and annotation path of a sample, relative to the data root."""
+    if layout == "cityscapes":
+        city = _CITYSCAPES_CITIES[split][index % 2]
+        stem = f"{city}_{index // 2:06d}_000019"
+        return (
+            f"leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png",
+            f"gtFine/{split}/{city}/{stem}_gtFine_labelTrainIds.png",
+        )
+    name = f"ADE_{split}_{index + 1:08d}"
+    split_dir = _ADE_SPLIT_DIRS[split]
+    return f"images/{split_dir}/{name}.jpg", f"annotations/{split_dir}/{name}.png"
+
+
+def _split_dirs(layout: str, split: str) -> tuple[str, str]:
+    """Image and annotation directory of a split (mmseg ``data_prefix``), relative to the root."""
+    if layout == "cityscapes":
+        return f"leftImg8bit/{split}", f"gtFine/{split}"
+    return f"images/{_ADE_SPLIT_DIRS[split]}", f"annotations/{_ADE_SPLIT_DIRS[split]}"
+
+
+def _expected_paths(params: dict[str, Any]) -> list[str]:
+    counts = {"train": params["num_train"], "val": params["num_val"]}
+    return [
+        path
+        for split in SPLITS
+        for index in range(counts[split])
+        for path in _sample_paths(params["layout"], split, index)
+    ]
+
+
+def _encode_sample(layout: str, sample: SyntheticSample) -> tuple[bytes, bytes]:
+    """Encoded image (RGB written as BGR, as cv2 expects) and annotation files."""
+    bgr = np.ascontiguousarray(sample.image[..., ::-1])
+    if layout == "cityscapes":
+        ok_image, image = cv2.imencode(".png", bgr)
+        ok_label, label = cv2.imencode(".png", sample.label)
+    else:
+        ok_image, image = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
+        ok_label, label = cv2.imencode(".png", sample.label + np.uint8(1))
+    if not (ok_image and ok_label):
+        raise RuntimeError("cv2 failed to encode a synthetic sample")
+    return image.tobytes(), label.tobytes()
+
+
+def _read_manifest(root: str) -> dict[str, Any] | None:
+    """The manifest written by this module, or None if absent or not ours."""
+    try:
+        with open(os.path.join(root, MANIFEST_NAME), encoding="utf-8") as file:
+            manifest = json.load(file)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("generator") != _GENERATOR_ID:
+        return None
+    return manifest
+
+
+def _write_manifest(root: str, params: dict[str, Any], complete: bool) -> None:
+    metainfo = synthetic_metainfo(params["num_classes"])
+    manifest = {
+        "generator": _GENERATOR_ID,
+        "params": params,
+        "complete": complete,
+        "counts": {"train": params["num_train"], "val": params["num_val"]},
+        "classes": list(metainfo["classes"]),
+        "palette": [list(color) for color in metainfo["palette"]],
+    }
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    atomic_write_bytes(os.path.join(root, MANIFEST_NAME), text.encode("utf-8"))
+
+
+def _remove_stale_files(root: str, old_params: dict[str, Any], new_paths: set[str]) -> None:
+    """Delete files an earlier generation wrote that the new parameters do not produce."""
+    stale = [path for path in _expected_paths(old_params) if path not in new_paths]
+    for path in stale:
+        if os.path.isfile(os.path.join(root, path)):
+            os.remove(os.path.join(root, path))
+    for directory in sorted({os.path.dirname(path) for path in stale}, reverse=True):
+        try:
+            os.removedirs(os.path.join(root, directory))  # only removes empty directories
+        except OSError:
+            pass
+
+
+def _check_foreign_files(root: str, layout: str) -> None:
+    """Refuse to write into split directories that hold data this module did not generate."""
+    for split in SPLITS:
+        for directory in _split_dirs(layout, split):
+            for _, _, files in os.walk(os.path.join(root, directory)):
+                if files:
+                    raise FileExistsError(
+                        f"{os.path.join(root, directory)} holds files not generated by "
+                        f"{_GENERATOR_ID} (no {MANIFEST_NAME}); use an empty root"
+                    )
+
+
+def _summary(root: str, params: dict[str, Any], generated: bool) -> dict[str, Any]:
+    metainfo = synthetic_metainfo(params["num_classes"])
+    counts = {"train": params["num_train"], "val": params["num_val"]}
+    splits = {}
+    for split in SPLITS:
+        img_dir, ann_dir = _split_dirs(params["layout"], split)
+        splits[split] = {"img_dir": img_dir, "ann_dir": ann_dir, "num_samples": counts[split]}
+    is_cityscapes = params["layout"] == "cityscapes"
+    return {
+        "root": root,
+        "layout": params["layout"],
+        "splits": splits,
+        "img_suffix": "_leftImg8bit.png" if is_cityscapes else ".jpg",
+        "seg_map_suffix": "_gtFine_labelTrainIds.png" if is_cityscapes else ".png",
+        "reduce_zero_label": not is_cityscapes,
+        "size": tuple(params["size"]),
+        "num_classes": params["num_classes"],
+        "seed": params["seed"],
+        "classes": metainfo["classes"],
+        "palette": metainfo["palette"],
+        "geometry": long_range_geometry(tuple(params["size"]))._asdict(),
+        "manifest": os.path.join(root, MANIFEST_NAME),
+        "generated": generated,
+    }
+
+
+def generate_long_range_dataset(
+    root: str | os.PathLike,
+    layout: str = "cityscapes",
+    num_train: int = 200,
+    num_val: int = 50,
+    size: tuple[int, int] = (128, 256),
+    num_classes: int = 4,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write the long-range-context data set (see the module docstring) under ``root``.
+
+    Skips the work if ``root`` already holds a complete data set generated with the same parameters,
+    unless ``overwrite``.  Files of an earlier generation with other parameters are replaced; a root
+    whose split directories hold files of unknown origin is refused (``FileExistsError``).
+
+    Returns a summary: ``root``, ``layout``, per-split ``img_dir``/``ann_dir`` (mmseg
+    ``data_prefix``) and ``num_samples``, file suffixes, ``reduce_zero_label``, ``classes``,
+    ``palette``, ``geometry`` and ``generated`` (False when skipped).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if num_train < 0 or num_val < 0:
+        raise ValueError("num_train and num_val must be >= 0")
+    height, width = _check_size(size)
+    _check_num_classes(num_classes)
+    root = os.fspath(root)
+    params = {
+        "version": _GENERATOR_VERSION,
+        "layout": layout,
+        "num_train": int(num_train),
+        "num_val": int(num_val),
+        "size": [height, width],
+        "num_classes": int(num_classes),
+        "seed": int(seed),
+    }
+    new_paths = _expected_paths(params)
+    manifest = _read_manifest(root)
+    if manifest is None:
+        _check_foreign_files(root, layout)
+    else:
+        if (
+            not overwrite
+            and manifest.get("complete")
+            and manifest.get("params") == params
+            and all(os.path.isfile(os.path.join(root, path)) for path in new_paths)
+        ):
+            return _summary(root, params, generated=False)
+        try:
+            _remove_stale_files(root, manifest["params"], set(new_paths))
+        except (KeyError, TypeError, ValueError):
+            pass  # a manifest with unreadable parameters: nothing known to clean up
+
+    os.makedirs(root, exist_ok=True)
+    _write_manifest(root, params, complete=False)
+    bar = Progress(num_train + num_val, enabled=progress, stream=sys.stdout)
+    for split, count in (("train", num_train), ("val", num_val)):
+        for index in range(count):
+            sample = render_long_range_sample(seed, split, index, (height, width), num_classes)
+            image_path, label_path = _sample_paths(layout, split, index)
+            image_bytes, label_bytes = _encode_sample(layout, sample)
+            atomic_write_bytes(os.path.join(root, image_path), image_bytes)
+            atomic_write_bytes(os.path.join(root, label_path), label_bytes)
+            bar.update()
+    bar.close()
+    _write_manifest(root, params, complete=True)
+    return _summary(root, params, generated=True)

@@ -1,0 +1,37 @@
+"""Benchmarks: configs (models, backbones, heads), the block family, inference modes and the
+head comparison. ``tools/benchmark*.py`` and ``tools/compare_heads.py`` parse arguments and call
+``run_benchmark``, ``run_block_benchmark``, ``compare_inference_modes``, ``compare_heads``;
+see docs/benchmark.md.
+"""
+
+from .measure import (
+    PeakMemoryTracker,
+    TimingCase,
+    latency_stats,
+    measure_peak_memory,
+    time_interleaved,
+)
+from .models import (
+    PARTS,
+    BenchmarkSettings,
+    benchmark_configs,
+    build_benchmark_model,
+    feature_shapes,
+    parse_shapes,
+    run_benchmark,
+)
+
+__all__ = [
+    "PARTS",
+    "BenchmarkSettings",
+    "PeakMemoryTracker",
+    "TimingCase",
+    "benchmark_configs",
+    "build_benchmark_model",
+    "feature_shapes",
+    "latency_stats",
+    "measure_peak_memory",
+    "parse_shapes",
+    "run_benchmark",
+    "time_interleaved",
+]

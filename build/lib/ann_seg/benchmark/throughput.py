@@ -1,0 +1,320 @@
+"""Folder-inference throughput side by side (``tools/benchmark_inference.py --throughput``).
+
+One run segments the same generated folder (``count`` synthetic 64x128 PNGs) with the same
+seeded random weights (saved as a checkpoint) in each mode:
+
+* ``MMSegInferencer``: mmseg's own inferencer with ``out_dir`` (it writes ``pred/`` label
+  PNGs named by a counter in input order, and ``vis/`` colour renderings), in this process;
+* ``sequential``: ``tools/infer.py`` as it is (the sequential loop, batch 1);
+* ``pipelined``: ``tools/infer.py --workers 2 --batch-size 4``;
+* ``2 ranks x 1 thread`` and ``1 rank x 2 threads``: ``tools/dist_infer.sh`` (torchrun).
+
+Ours run as subprocesses (their own interpreter and thread settings). Per mode: images/s
+over the steady part (from the moment the model was loaded, on the first rank ready, to
+the last image written, from the journals' timestamps), the wall time including the start,
+and the cost per image over the first and the last 10 % of the folder (journal timestamps;
+for ``MMSegInferencer`` the folder is fed in ten chunks, timed), to show it stays flat. Label
+maps are compared with ``sequential``'s, image by image (``MMSegInferencer``'s ``pred/``
+files by their position in the input order).
+"""
+
+import os
+import os.path as osp
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import cv2
+import numpy as np
+import torch
+from mmseg.apis import MMSegInferencer
+from PIL import Image
+
+from ann_seg.inference.journal import read_journals
+from ann_seg.io import Progress, markdown_table, read_label_png
+from ann_seg.mmseg import load_config
+from ann_seg.mmseg.synthetic import render_long_range_sample
+
+from .inference_modes import load_model
+from .measure import format_error
+from .report import environment
+
+DEFAULT_IMAGES = 1000
+IMAGE_SIZE = (64, 128)
+REFERENCE = "sequential"
+MMSEG = "MMSegInferencer"
+CHUNKS = 10
+
+
+@dataclass
+class Mode:
+    """One way to segment the folder: ``args`` for ``tools/infer.py``, or ``ranks`` for
+    ``tools/dist_infer.sh``; ``None`` both: ``MMSegInferencer``."""
+
+    name: str
+    threads: int
+    args: Sequence[str] = ()
+    ranks: Optional[int] = None
+    command: List[str] = field(default_factory=list)
+
+
+def default_modes(threads: int) -> List[Mode]:
+    """The five modes of the module docstring; ``threads``: the single-process modes'."""
+    half = max(1, threads // 2)
+    return [
+        Mode(MMSEG, threads),
+        Mode(REFERENCE, threads, args=()),
+        Mode(
+            "pipelined (workers 2, batch 4)", threads, args=("--workers", "2", "--batch-size", "4")
+        ),
+        Mode(f"2 ranks x {half} thread(s)", half, ranks=2),
+        Mode(f"1 rank x {threads} thread(s)", threads, ranks=1),
+    ]
+
+
+def make_images(folder: str, count: int, size=IMAGE_SIZE, seed: int = 0) -> List[str]:
+    """``count`` synthetic PNGs ``img00000.png`` ... in ``folder`` (kept when already there);
+    their paths, sorted."""
+    if count < CHUNKS:
+        raise ValueError(f"need at least {CHUNKS} images, got {count}")
+    os.makedirs(folder, exist_ok=True)
+    paths = [osp.join(folder, f"img{i:05d}.png") for i in range(count)]
+    for index, path in enumerate(paths):
+        if not osp.isfile(path):
+            image = render_long_range_sample(seed, "val", index, size=size).image
+            if not cv2.imwrite(path, np.ascontiguousarray(image[..., ::-1])):
+                raise OSError(f"cannot write {path}")
+    return paths
+
+
+def save_random_checkpoint(config, path: str, seed: int = 0) -> str:
+    """The config's model with seeded random weights (``load_model(config, 'random')``) as a
+    checkpoint with its classes and palette, so that every mode loads the same weights."""
+    model = load_model(config, "random", seed=seed)
+    meta = {k: model.dataset_meta[k] for k in ("classes", "palette")}
+    torch.save({"state_dict": model.state_dict(), "meta": {"dataset_meta": meta}}, path)
+    return path
+
+
+def decile_costs(ready: float, times: Sequence[float]) -> Dict[str, float]:
+    """Milliseconds per image over the first and the last tenth of ``times`` (when each image
+    was finished, any order), the first counted from ``ready``."""
+    times = sorted(times)
+    k = max(1, len(times) // 10)
+    first = (times[k - 1] - ready) / k
+    last = (times[-1] - times[-1 - k]) / k if len(times) > k else first
+    return {"first_ms": first * 1e3, "last_ms": last * 1e3}
+
+
+def _journal_timing(out_dir: str, count: int) -> Dict[str, Any]:
+    state = read_journals(out_dir)
+    done = [e for e in state.current.values() if e["status"] == "done"]
+    if len(done) != count:
+        raise RuntimeError(f"{out_dir}: {len(done)} of {count} images done")
+    ready = min(r["started"] + r["load_model_s"] for r in state.ranks.values())
+    times = [e["time"] for e in done]
+    span = max(times) - ready
+    return dict(img_s=count / span, steady_s=span, **decile_costs(ready, times))
+
+
+def _label_paths_ours(out_dir: str, paths: Sequence[str]) -> List[str]:
+    return [osp.join(out_dir, "labels", osp.basename(p) + ".png") for p in paths]
+
+
+def _label_paths_mmseg(out_dir: str, paths: Sequence[str]) -> List[str]:
+    return [osp.join(out_dir, "pred", f"{i:08d}_pred.png") for i in range(len(paths))]
+
+
+def _read_labels(paths: Sequence[str], mmseg: bool) -> List[np.ndarray]:
+    if not mmseg:
+        return [read_label_png(p) for p in paths]
+    labels = []
+    for path in paths:
+        with Image.open(path) as image:
+            labels.append(np.array(image))
+    return labels
+
+
+def _run_mmseg(config, checkpoint: str, paths: Sequence[str], out_dir: str, mode: Mode):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(mode.threads)
+    try:
+        start = time.perf_counter()
+        inferencer = MMSegInferencer(load_config(config, work_dir=""), checkpoint, device="cpu")
+        inferencer.show_progress = False  # mmengine's bar, once per chunk
+        ready = time.perf_counter()
+        chunk = -(-len(paths) // CHUNKS)
+        costs = []
+        for first in range(0, len(paths), chunk):
+            part = list(paths[first : first + chunk])
+            begin = time.perf_counter()
+            inferencer(part, out_dir=out_dir, batch_size=1)
+            costs.append((time.perf_counter() - begin) / len(part))
+        end = time.perf_counter()
+    finally:
+        torch.set_num_threads(previous)
+    return dict(
+        img_s=len(paths) / (end - ready),
+        steady_s=end - ready,
+        wall_s=end - start,
+        first_ms=costs[0] * 1e3,
+        last_ms=costs[-1] * 1e3,
+    )
+
+
+def _command(mode: Mode, tools_dir: str, config, checkpoint, folder, out_dir) -> List[str]:
+    common = ["--out-dir", out_dir, "--no-progress", "--threads", str(mode.threads)]
+    if mode.ranks is None:
+        tool = [sys.executable, osp.join(tools_dir, "infer.py"), config, checkpoint, folder]
+        return tool + list(mode.args) + common
+    tool = [osp.join(tools_dir, "dist_infer.sh"), config, checkpoint, folder, str(mode.ranks)]
+    return tool + list(mode.args) + common
+
+
+def _run_tool(command: List[str], out_dir: str, count: int, port: int) -> Dict[str, Any]:
+    env = dict(os.environ, PORT=str(port))  # torchrun's master port (dist_infer.sh)
+    start = time.perf_counter()
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"exit status {proc.returncode}: {proc.stderr.strip()[-800:]}")
+    return dict(_journal_timing(out_dir, count), wall_s=wall)
+
+
+def _agreement(labels: List[np.ndarray], reference: List[np.ndarray]) -> Dict[str, Any]:
+    differ = sum(not np.array_equal(a, b) for a, b in zip(labels, reference))
+    equal = sum(int((a == b).sum()) for a, b in zip(labels, reference))
+    pixels = sum(b.size for b in reference)
+    return {"images_differing": differ, "pixel_agreement": equal / pixels}
+
+
+def run_throughput(
+    config: str,
+    tools_dir: str,
+    work_dir: str,
+    count: int = DEFAULT_IMAGES,
+    threads: int = 2,
+    rounds: int = 1,
+    checkpoint: str = "random",
+    progress: bool = True,
+    port: int = 29530,
+) -> Dict[str, Any]:
+    """Segment ``count`` generated images in every mode, ``rounds`` times (the order rotated
+    per round; figures: the median over rounds); outputs under ``work_dir``. Returns ``rows``
+    (one per mode) and ``meta``. A mode that fails keeps its error in its row."""
+    if rounds < 1 or threads < 1:
+        raise ValueError(f"need rounds >= 1 and threads >= 1, got {rounds} and {threads}")
+    for tool in ("infer.py", "dist_infer.sh"):
+        if not osp.isfile(osp.join(tools_dir, tool)):
+            raise FileNotFoundError(f"{tool} not found in {tools_dir} (needs a source checkout)")
+    folder = osp.join(work_dir, f"images_{count}")
+    paths = make_images(folder, count)
+    if checkpoint == "random":
+        checkpoint = save_random_checkpoint(config, osp.join(work_dir, "random.pth"))
+    modes = default_modes(threads)
+    figures: Dict[str, List[Dict[str, Any]]] = {m.name: [] for m in modes}
+    errors: Dict[str, str] = {}
+    labels: Dict[str, List[np.ndarray]] = {}
+    bar = Progress(len(modes) * rounds, enabled=progress)
+    for round_index in range(rounds):
+        shift = round_index % len(modes)
+        for mode in modes[shift:] + modes[:shift]:
+            if mode.name in errors:
+                continue
+            out_dir = osp.join(work_dir, "out", f"{modes.index(mode)}_round{round_index}")
+            shutil.rmtree(out_dir, ignore_errors=True)
+            try:
+                if mode.name == MMSEG:
+                    mode.command = ["MMSegInferencer(config, checkpoint)(chunk, out_dir=...)"]
+                    result = _run_mmseg(config, checkpoint, paths, out_dir, mode)
+                    found = _label_paths_mmseg(out_dir, paths)
+                else:
+                    mode.command = _command(mode, tools_dir, config, checkpoint, folder, out_dir)
+                    mode_port = port + len(modes) * round_index + modes.index(mode)
+                    result = _run_tool(mode.command, out_dir, count, mode_port)
+                    found = _label_paths_ours(out_dir, paths)
+                if round_index == 0:
+                    labels[mode.name] = _read_labels(found, mode.name == MMSEG)
+                figures[mode.name].append(result)
+            except Exception as error:  # reported in its row; the other modes go on
+                errors[mode.name] = format_error(error)
+            bar.update()
+    bar.close()
+    reference = labels.get(REFERENCE)
+    rows = []
+    for mode in modes:
+        row: Dict[str, Any] = {"mode": mode.name, "threads": mode.threads, "ranks": mode.ranks}
+        row["command"] = " ".join(osp.relpath(c) if osp.isabs(c) else c for c in mode.command)
+        if mode.name in errors:
+            row["error"] = errors[mode.name]
+        if figures[mode.name]:
+            for key in figures[mode.name][0]:
+                row[key] = statistics.median(f[key] for f in figures[mode.name])
+        if reference is not None and mode.name in labels:
+            row.update(_agreement(labels[mode.name], reference))
+        rows.append(row)
+    meta = dict(
+        environment("cpu"),
+        images=count,
+        image_size=f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}",
+        config=str(config),
+        checkpoint="random (seeded, saved for every mode)",
+        rounds=rounds,
+        reference=REFERENCE,
+        work_dir=work_dir,
+    )
+    return dict(meta=meta, rows=rows)
+
+
+def throughput_table(result: Dict[str, Any]) -> str:
+    """Markdown table of ``run_throughput``'s rows."""
+    header = [
+        "mode",
+        "img/s",
+        "wall s",
+        "ms/img first 10 %",
+        "ms/img last 10 %",
+        "last / first",
+        "labels vs sequential",
+    ]
+    body = []
+    for row in result["rows"]:
+        if "img_s" not in row:
+            body.append([row["mode"], "-", "-", "-", "-", "-", row.get("error", "")])
+            continue
+        if "images_differing" not in row:
+            agreement = "not compared"
+        elif row["images_differing"] == 0:
+            agreement = "identical"
+        else:
+            agreement = (
+                f"{row['images_differing']} images differ "
+                f"({100 * row['pixel_agreement']:.3f}% pixels agree)"
+            )
+        body.append(
+            [
+                row["mode"],
+                f"{row['img_s']:.1f}",
+                f"{row['wall_s']:.1f}",
+                f"{row['first_ms']:.1f}",
+                f"{row['last_ms']:.1f}",
+                f"{row['last_ms'] / row['first_ms']:.2f}",
+                agreement,
+            ]
+        )
+    return markdown_table(header, body, align="lrrrrrl")
+
+
+def describe_throughput(result: Dict[str, Any]) -> str:
+    meta = result["meta"]
+    return (
+        f"{meta['images']} generated {meta['image_size']} PNGs, {meta['config']} with "
+        f"{meta['checkpoint']} weights, CPU {meta['cpu']} ({meta['cpu_count']} cores, load "
+        f"average {meta['load_average']}), {meta['rounds']} round(s). img/s: from the model "
+        "loaded to the last image written; wall: the whole command (MMSegInferencer: in this "
+        "process, without an interpreter start; it also writes vis/ renderings)."
+    )

@@ -1,0 +1,112 @@
+"""What every ``tools/*.py`` shares: known errors as one line on stderr with exit status 2,
+tracebacks only for unexpected errors or with ``--debug``, and quiet defaults.
+
+A tool's script is::
+
+    def main(argv=None) -> int: ...          # parse arguments, call the library, return status
+
+    if __name__ == '__main__':
+        sys.exit(cli.run(main))
+"""
+
+import argparse
+import os
+import sys
+import traceback
+import warnings
+from typing import Callable, Optional, Sequence
+
+from mmengine.config import DictAction
+from mmengine.config.utils import ConfigParsingError
+
+from ann_seg.inference import InferenceInputError
+from ann_seg.io import ImageError
+from ann_seg.mmseg import CorruptCheckpointError, ModelLoadError, UnsafeCheckpointError
+from ann_seg.mmseg.config import ConfigError, UserOptions
+
+# errors whose message says all a user needs: no traceback
+KNOWN_ERRORS = (
+    ConfigError,
+    ConfigParsingError,
+    CorruptCheckpointError,
+    FileNotFoundError,
+    ImageError,
+    InferenceInputError,
+    ModelLoadError,
+    UnsafeCheckpointError,
+)
+USAGE_ERROR = 2
+
+# harmless warnings every entry point would otherwise print (pkg_resources through mmengine,
+# mmseg's loss and deprecation chatter); the library itself filters nothing
+_QUIET_WARNINGS = (
+    ("ignore", r"pkg_resources is deprecated", UserWarning),
+    ("ignore", r"Deprecated call to `pkg_resources", DeprecationWarning),
+    ("ignore", r".*`?loss_name`?.*", UserWarning),
+    ("ignore", r".*Default ``avg_non_ignore``.*", UserWarning),
+    ("ignore", r"``build_loss`` would be deprecated soon", UserWarning),
+    ("ignore", r"`broadcast_buffers` is deprecated", FutureWarning),
+    ("ignore", r"The draw is False", UserWarning),
+)
+
+
+def quiet_warnings() -> None:
+    """Filter the known-harmless warnings (see ``_QUIET_WARNINGS``) in this process and in
+    the processes it starts (``PYTHONWARNINGS`` is inherited)."""
+    for action, message, category in _QUIET_WARNINGS:
+        warnings.filterwarnings(action, message=message, category=category)
+    extra = "ignore::DeprecationWarning:pkg_resources"
+    current = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = f"{current},{extra}" if current else extra
+
+
+def add_debug_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--debug", action="store_true", help="print the full traceback of any error"
+    )
+
+
+class CfgOptionsAction(DictAction):
+    """mmengine's ``DictAction`` (``key=value`` pairs) whose keys ``load_config`` checks
+    against the config: a key that does not exist is refused with the closest existing one;
+    ``+key=value`` adds a new key on purpose."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        setattr(namespace, self.dest, UserOptions(getattr(namespace, self.dest) or {}))
+
+
+def add_cfg_options_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cfg-options",
+        nargs="+",
+        action=CfgOptionsAction,
+        metavar="KEY=VALUE",
+        help="override config keys, e.g. train_cfg.max_iters=100 model.test_cfg.mode=slide; "
+        "a key that is not in the config is refused (a typo), +KEY=VALUE adds one",
+    )
+
+
+def _wants_debug(argv: Optional[Sequence[str]]) -> bool:
+    return "--debug" in (sys.argv[1:] if argv is None else argv)
+
+
+def run(main: Callable[..., Optional[int]], argv: Optional[Sequence[str]] = None) -> int:
+    """Call ``main(argv)``; a known error becomes ``error: <message>`` on stderr and exit
+    status 2 (the traceback too with ``--debug``); anything else keeps its traceback."""
+    debug = _wants_debug(argv)
+    try:
+        status = main(argv) if argv is not None else main()
+    except KNOWN_ERRORS as error:
+        if debug:
+            traceback.print_exc()
+        message = str(error).strip() or type(error).__name__
+        first, *rest = message.splitlines()
+        print(f"error: {first}", file=sys.stderr)
+        for line in rest[:20]:
+            print(f"  {line}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(status or 0)

@@ -1,0 +1,449 @@
+"""Segment images, folders and path lists with a trained checkpoint (``tools/infer.py``).
+
+Built on mmseg's inference API: the model comes from ``mmseg.apis.init_model`` (weights loaded
+through ann_seg's weights-only checkpoint loader) and every batch goes through
+``mmseg.apis.inference_model``, so the config's ``test_pipeline`` and ``test_cfg`` apply as in
+``tools/test.py`` (``test_cfg.mode='slide'``: sliding-window inference for images larger than
+the crop). Around it this module adds what ``MMSegInferencer`` lacks: recursive folders and path
+lists with outputs named after (and mirroring) the input tree, robust image decoding with a
+per-file failure report, a journal of finished images (re-runs skip them), and atomic writes.
+
+Output layout under ``out_dir`` (``<name>`` is the image's path relative to the input root,
+with its extension; see ``inputs`` for the exact rule, e.g. ``a.png`` -> ``labels/a.png.png``)::
+
+    labels/<name>.png     class ids as pixel values: palette ('P') PNG, or 16-bit grey PNG
+                          when there are more than 256 classes
+    overlays/<name>.jpg   with ``overlay=True``: colour overlay of the label map on the image
+    logits/<name>.npy     with ``save_logits='npy'``: float16 (C, H, W); '.npz': compressed,
+                          key ``logits``
+    journal.jsonl         one line per finished image, appended once its outputs are in place
+                          (``journal``); rank k of a distributed run: journal.rank<k>.jsonl
+    summary.json          rebuilt from the journal: per-image class-pixel counts, sizes,
+                          timings; failures with reasons
+
+Decoding is ``ann_seg.io.read_image``'s; images it refuses are reported in the summary's
+``failures`` with the reason and the run goes on.
+
+Loops: the sequential one (one thread: read, forward, write), or the pipelined one
+(``pipeline``: reader processes and writer threads around the forward; the same labels).
+Across processes and machines: ``distributed`` (one shard per rank, merged summary).
+"""
+
+import contextlib
+import os.path as osp
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch.nn as nn
+from mmseg.apis import inference_model
+
+from ann_seg.io import (
+    DEFAULT_MAX_PIXELS,
+    Progress,
+    atomic_write_bytes,
+    class_pixel_counts,
+    encode_jpeg,
+    encode_label_png,
+    encode_logits,
+    render_overlay,
+)
+from ann_seg.layers import fuse_for_inference
+from ann_seg.mmseg import build_segmentor
+
+from .distributed import (
+    DEFAULT_TIMEOUT_S,
+    RankGroup,
+    incomplete_note,
+    rank_device,
+    rank_info,
+    shard,
+    sigterm_as_interrupt,
+    warn,
+)
+from .inputs import (
+    LABEL_DIR,
+    LOGITS_DIR,
+    OVERLAY_DIR,
+    ImageTask,
+    InferenceInputError,
+    collect_inputs,
+)
+from .journal import (  # noqa: F401  (SUMMARY_NAME: re-exported)
+    SUMMARY_NAME,
+    Journal,
+    input_identity,
+    read_journals,
+    rebuild_summary,
+    summarize,
+)
+from .pipeline import (
+    DEFAULT_WRITERS,
+    Decoded,
+    Failed,
+    PreprocessDataset,
+    collate,
+    decode_task,
+    inference_failure,
+    inference_pipeline,
+    run_pipelined,
+    with_no_grad_test_step,
+)
+from .precision import autocast_context, dtype_name, resolve_amp
+
+DEFAULT_OUT_DIR = "outputs/infer"
+LOGIT_FORMATS = ("npy", "npz")
+
+
+def load_segmentor(
+    config, checkpoint: str, device: str = "cpu", cfg_options: Optional[dict] = None
+) -> nn.Module:
+    """``build_segmentor`` with ``checkpoint`` (every key must match, except an auxiliary
+    head's, which inference does not use); ``model.dataset_meta`` set."""
+    return build_segmentor(config, device=device, cfg_options=cfg_options, checkpoint=checkpoint)
+
+
+def prepare_for_inference(model: nn.Module, fuse: bool = False) -> nn.Module:
+    """``fuse``: fold BatchNorms into convolutions and APNB/AFNB's output projections into
+    their fusion (``ann_seg.layers.fold``), channels-last weights; the predictions are the
+    float32 ones up to rounding. Returns ``model`` (in eval mode)."""
+    model.eval()
+    if fuse:
+        fuse_for_inference(model, channels_last=True)
+    return model
+
+
+def _plan_outputs(task: ImageTask, out_dir: str, overlay: bool, save_logits: Optional[str]) -> None:
+    parts = task.out_stem.split("/")
+    task.outputs = {"label": osp.join(out_dir, LABEL_DIR, *parts) + ".png"}
+    if overlay:
+        task.outputs["overlay"] = osp.join(out_dir, OVERLAY_DIR, *parts) + ".jpg"
+    if save_logits:
+        task.outputs["logits"] = osp.join(out_dir, LOGITS_DIR, *parts) + f".{save_logits}"
+
+
+def _mark_output_conflicts(tasks: Sequence[ImageTask], out_dir: str) -> None:
+    """Fail upfront a task whose output would lie in a folder that is another task's output
+    file (input ``x.png`` and folder ``x.png.png/``): names never share a file, but may meet so."""
+    owners = {path: task.name for task in tasks for path in task.outputs.values()}
+    for task in tasks:
+        for path in task.outputs.values():
+            parent = osp.dirname(path)
+            while len(parent) > len(out_dir) and parent not in owners:
+                parent = osp.dirname(parent)
+            if parent in owners and task.error is None:
+                task.error = (
+                    f"output name conflict: {osp.relpath(parent, out_dir)} is the output of "
+                    f"{owners[parent]}"
+                )
+
+
+def _is_finished(task: ImageTask, out_dir: str, journal: Journal) -> bool:
+    """The journal's latest entry for the task is ``done``, from an input of the same size and
+    mtime, with the outputs planned now, all of which exist."""
+    entry = journal.previous_done(task.name, input_identity(task.path))
+    if entry is None:
+        return False
+    written = entry.get("outputs") or {}
+    return all(
+        written.get(kind) == osp.relpath(path, out_dir) and osp.isfile(path)
+        for kind, path in task.outputs.items()
+    )
+
+
+@dataclass
+class OutputOptions:
+    """What is written per image."""
+
+    overlay: bool = False
+    opacity: float = 0.5
+    save_logits: Optional[str] = None
+
+    def __post_init__(self):
+        if not 0.0 < self.opacity <= 1.0:
+            raise InferenceInputError(f"opacity must be in (0, 1], got {self.opacity}")
+        if self.save_logits not in (None, *LOGIT_FORMATS):
+            raise InferenceInputError(
+                f"save_logits must be one of {LOGIT_FORMATS}, got {self.save_logits!r}"
+            )
+
+
+class FolderInference:
+    """Segment a list of ``ImageTask`` s with one model in three stages: ``preprocess``
+    (decode, or report the image as failed), ``forward`` (a batch of same-size images through
+    ``mmseg.apis.inference_model``, or ``model.test_step`` on the pipelined loop's
+    preprocessed batch; a failed batch is retried image by image) and ``write`` (logits,
+    overlay, then the label map; thread-safe). ``run`` chains them in one thread,
+    ``pipeline.run_pipelined`` overlaps them. ``records`` and ``failures`` collect the
+    per-image results by task index; each is appended to ``journal`` (if given) once final."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tasks: List[ImageTask],
+        out_dir: str,
+        outputs: OutputOptions,
+        device: str,
+        amp_dtype=None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_bytes: Optional[int] = None,
+        journal: Optional[Journal] = None,
+    ):
+        self.model, self.tasks, self.out_dir = model, tasks, out_dir
+        self.outputs, self.device, self.amp_dtype = outputs, device, amp_dtype
+        self.max_pixels, self.max_bytes, self.journal = max_pixels, max_bytes, journal
+        self.palette = model.dataset_meta["palette"]
+        self.num_classes = len(model.dataset_meta["classes"])
+        self.records: Dict[int, dict] = {}
+        self.failures: Dict[int, dict] = {}
+
+    def fail(self, index: int, reason: str, identity: Optional[dict] = None) -> None:
+        task = self.tasks[index]
+        self.failures[index] = {"name": task.name, "input": task.path, "reason": reason}
+        if self.journal is not None:
+            identity = identity or input_identity(task.path)
+            self.journal.add(dict(self.failures[index], status="failed"), identity)
+
+    def preprocess(self, index: int) -> Optional[Decoded]:
+        item = decode_task(index, self.tasks[index], self.max_pixels, self.max_bytes)
+        if isinstance(item, Failed):
+            self.fail(index, item.reason, item.identity)
+            return None
+        return item
+
+    def pipeline_dataset(self, todo: Sequence[int]) -> PreprocessDataset:
+        """The pipelined loop's reading stage for the tasks ``todo`` (``pipeline``)."""
+        pipeline_cfg = inference_pipeline(self.model.cfg)
+        keep_image = "overlay" in (self.tasks[todo[0]].outputs if todo else {})
+        return PreprocessDataset(
+            self.tasks, todo, pipeline_cfg, self.max_pixels, self.max_bytes, keep_image
+        )
+
+    def _predict(self, batch: List[Decoded]) -> list:
+        if batch[0].data is None:  # the sequential loop
+            return inference_model(self.model, [item.image for item in batch])
+        return with_no_grad_test_step(self.model, collate(batch, self.device))
+
+    def forward(self, batch: List[Decoded]) -> List[Tuple[Decoded, Any, float]]:
+        """``(item, result, seconds per image)`` for the items that ran."""
+        start = time.perf_counter()
+        try:
+            with autocast_context(self.device, self.amp_dtype):
+                results = self._predict(batch)
+        except Exception as error:  # noqa: BLE001 - report, go on with the other images
+            if len(batch) > 1:
+                return [out for item in batch for out in self.forward([item])]
+            self.fail(batch[0].index, inference_failure(error), batch[0].identity)
+            return []
+        seconds = (time.perf_counter() - start) / len(batch)
+        return [(item, result, seconds) for item, result in zip(batch, results)]
+
+    def write(self, item: Decoded, result, infer_s: float) -> None:
+        task = self.tasks[item.index]
+        start = time.perf_counter()
+        try:
+            label = self._write_outputs(task, item.image, result)
+        except Exception as error:  # noqa: BLE001 - a full disk, a permission: report it
+            reason = f"cannot write outputs: {type(error).__name__}: {error}"
+            self.fail(item.index, reason, item.identity)
+            return
+        self.records[item.index] = {
+            "name": task.name,
+            "input": task.path,
+            "status": "done",
+            "height": int(label.shape[0]),
+            "width": int(label.shape[1]),
+            "source": {k: item.info[k] for k in ("format", "mode", "bit_depth")},
+            "conversions": item.info["conversions"],
+            "class_pixels": class_pixel_counts(label, self.num_classes),
+            "outputs": {k: osp.relpath(v, self.out_dir) for k, v in task.outputs.items()},
+            "timings": {
+                "read_s": round(item.read_s, 4),
+                "infer_s": round(infer_s, 4),
+                "write_s": round(time.perf_counter() - start, 4),
+            },
+        }
+        if self.journal is not None:
+            self.journal.add(self.records[item.index], item.identity)
+
+    def _write_outputs(self, task: ImageTask, image: np.ndarray, result) -> np.ndarray:
+        label = result.pred_sem_seg.data[0].cpu().numpy()
+        if self.outputs.save_logits:
+            logits = result.seg_logits.data.float().cpu().numpy()
+            atomic_write_bytes(
+                task.outputs["logits"], encode_logits(logits, self.outputs.save_logits)
+            )
+        if "overlay" in task.outputs:
+            overlay_bgr = render_overlay(image, label, self.palette, self.outputs.opacity)
+            atomic_write_bytes(task.outputs["overlay"], encode_jpeg(overlay_bgr))
+        atomic_write_bytes(task.outputs["label"], encode_label_png(label, self.palette))
+        return label
+
+    def run(self, todo: Sequence[int], batch_size: int, progress: Progress) -> None:
+        """Segment the tasks ``todo``; consecutive images of equal size share a batch."""
+        pending: List[Decoded] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            for item, result, seconds in self.forward(pending):
+                self.write(item, result, seconds)
+            progress.update(len(pending))
+            pending.clear()
+
+        for index in todo:
+            item = self.preprocess(index)
+            if item is None:
+                progress.update()
+                continue
+            if pending and pending[0].shape != item.shape:
+                flush()
+            pending.append(item)
+            if len(pending) == batch_size:
+                flush()
+        flush()
+
+
+def run_inference(
+    config,
+    checkpoint: str,
+    input_path: str,
+    out_dir: str = DEFAULT_OUT_DIR,
+    *,
+    overlay: bool = False,
+    opacity: float = 0.5,
+    batch_size: int = 1,
+    device: Optional[str] = None,
+    recursive: bool = False,
+    extensions: Optional[Sequence[str]] = None,
+    save_logits: Optional[str] = None,
+    force: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    cfg_options: Optional[dict] = None,
+    progress: bool = True,
+    fuse: bool = False,
+    amp: Optional[str] = None,
+    max_bytes: Optional[int] = None,
+    workers: int = 0,
+    pipeline: Optional[bool] = None,
+    writers: int = DEFAULT_WRITERS,
+    launcher: str = "none",
+    dist_timeout: float = DEFAULT_TIMEOUT_S,
+) -> dict:
+    """Segment every image of ``input_path`` (image, folder or list file) into ``out_dir``.
+
+    ``fuse`` and ``amp`` select the fast inference mode (``prepare_for_inference``,
+    ``resolve_amp``); the summary records the mode used.
+
+    Every finished image is appended to ``out_dir/journal.jsonl``; unless ``force``, images the
+    journal records as done from the same input (name, size, mtime) whose outputs all exist
+    are skipped. Images that cannot be read (``max_pixels``, ``max_bytes``: see
+    ``read_image``) or segmented are reported in the summary's ``failures`` (name and reason)
+    and the others are processed. Consecutive images of equal size are batched
+    (``batch_size``). Returns the summary, rebuilt from the journal, that is also written to
+    ``out_dir/summary.json`` (also at the start, periodically and on an interruption).
+
+    ``pipeline`` (default: ``workers > 0``): the pipelined loop (``pipeline``: ``workers``
+    DataLoader processes read and preprocess, ``writers`` threads write; the same labels),
+    else the sequential one. ``launcher`` ``pytorch`` (torchrun) or ``slurm``: this process is
+    one rank and segments its shard (``distributed``); rank 0 writes the merged summary when
+    all ranks are done (waiting at most ``dist_timeout`` seconds) and returns it, the other
+    ranks return it as they see it then; with ``"rank"``: this rank's own counts.
+
+    Raises:
+        InferenceInputError: ``input_path`` is missing or holds no images, or bad options.
+        ModelLoadError: the config or checkpoint cannot be loaded.
+    """
+    outputs = OutputOptions(overlay, opacity, save_logits)
+    if batch_size < 1:
+        raise InferenceInputError(f"batch size must be >= 1, got {batch_size}")
+    if workers < 0 or writers < 1:
+        raise InferenceInputError(f"need workers >= 0 and writers >= 1, got {workers}, {writers}")
+    info = rank_info(launcher)
+    start, started = time.perf_counter(), time.time()
+    tasks = collect_inputs(input_path, recursive, extensions, out_dir=out_dir)
+    for task in tasks:
+        _plan_outputs(task, out_dir, overlay, save_logits)
+    _mark_output_conflicts(tasks, out_dir)
+    mine = shard(tasks, info.rank, info.world_size)
+    group = RankGroup(info, dist_timeout)
+    try:
+        with sigterm_as_interrupt(info.launcher != "none"):
+            device = rank_device(info, device)
+            amp_dtype = resolve_amp(amp, device)
+            if amp == "auto" and amp_dtype is None:
+                print(
+                    f"--amp auto: {device} has no native low precision (bfloat16 would be "
+                    "emulated, slower than float32); running in float32",
+                    file=sys.stderr,
+                )
+            model = load_segmentor(config, checkpoint, device, cfg_options)
+            model = prepare_for_inference(model, fuse)
+            load_s = time.perf_counter() - start
+            journal = Journal(out_dir, info.rank, info.world_size)
+            runner = FolderInference(
+                model, tasks, out_dir, outputs, device, amp_dtype, max_pixels, max_bytes, journal
+            )
+            todo, skipped = [], []
+            for index in mine:
+                task = tasks[index]
+                if not force and task.error is None and _is_finished(task, out_dir, journal):
+                    skipped.append(task.name)
+                else:
+                    todo.append(index)
+            meta = model.dataset_meta
+            fields = {
+                "config": config if isinstance(config, str) else getattr(config, "filename", None),
+                "checkpoint": str(checkpoint),
+                "input": str(input_path),
+                "out_dir": out_dir,
+                "device": device,
+                "inference_mode": {"fuse": bool(fuse), "autocast": dtype_name(amp_dtype)},
+                "test_cfg": dict(model.test_cfg) if model.test_cfg else {"mode": "whole"},
+                "classes": meta["classes"],
+                "palette": runner.palette,
+                "palette_source": meta["source"],
+            }
+            run = group.agree(journal.next_run)
+            journal.start(fields, [(t.name, t.path) for t in tasks], skipped, started, load_s, run)
+            use_pipeline = workers > 0 if pipeline is None else pipeline
+            try:
+                with Progress(len(mine), enabled=progress and info.rank == 0) as bar:
+                    bar.update(len(skipped))
+                    if use_pipeline:
+                        pin = device.startswith("cuda")
+                        run_pipelined(runner, todo, batch_size, bar, workers, writers, pin)
+                    else:
+                        runner.run(todo, batch_size, bar)
+            except BaseException as error:
+                journal.close()
+                if info.rank == 0:
+                    with contextlib.suppress(Exception):  # keep the original error
+                        summary = rebuild_summary(out_dir, now=time.time())
+                        if info.distributed:
+                            stopped = f"stopped by {error or type(error).__name__}"
+                            warn(info, incomplete_note(summary, stopped) or stopped)
+                raise
+            journal.close()
+            problem = group.barrier()
+    finally:
+        group.close()
+    if info.rank == 0:
+        summary = rebuild_summary(out_dir, now=time.time())
+        note = incomplete_note(summary, problem) if info.distributed else None
+        if note:
+            warn(info, note)
+    else:
+        summary = summarize(read_journals(out_dir), out_dir, now=time.time())
+    if info.distributed:
+        summary["rank"] = {
+            "rank": info.rank,
+            "world_size": info.world_size,
+            "images": len(mine),
+            "processed": len(runner.records),
+            "skipped": len(skipped),
+            "failed": len(runner.failures),
+        }
+    return summary

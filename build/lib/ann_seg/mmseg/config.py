@@ -1,0 +1,158 @@
+"""Config files: the packaged ones, ``mmseg::`` names, and loading them as mmseg's tools do.
+
+The configs ship inside the package, at ``ann_seg/.mim/configs`` (mmseg's ``.mim``
+convention; the repository's ``configs/`` links there). Refer to one by a path, or by
+``ann_seg::<folder>/<file>.py`` in our tools and in ``load_config``; from a config of your own
+(run by our tools, which import ann_seg first) ``_base_ = ['ann_seg::ann/<file>.py']`` works as
+``mmseg::`` does.
+"""
+
+import ast
+import difflib
+import os.path as osp
+from typing import Any, Optional, Union
+
+import mmengine.config.config as mmengine_config_module
+from mmengine.config import Config
+from mmengine.config.utils import MODULE2PACKAGE
+from mmengine.hub import get_config
+
+ConfigLike = Union[str, Config]
+PACKAGE_SCOPE = "ann_seg"
+CONFIG_ROOT = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), ".mim", "configs")
+
+# ``_base_ = ['ann_seg::...']``: mmengine resolves scopes listed in MODULE2PACKAGE through the
+# installed package's ``.mim/configs``; its package lookup (pkg_resources' location) misses
+# editable installs, so for this package it is answered with the imported package's folder
+MODULE2PACKAGE.setdefault(PACKAGE_SCOPE, PACKAGE_SCOPE)
+_mmengine_installed_path = mmengine_config_module.get_installed_path
+
+
+def _installed_path(package: str) -> str:
+    if package == PACKAGE_SCOPE:
+        return osp.dirname(osp.dirname(osp.abspath(__file__)))
+    return _mmengine_installed_path(package)
+
+
+mmengine_config_module.get_installed_path = _installed_path
+
+
+class ConfigError(ValueError):
+    """A config file or a ``--cfg-options`` key is wrong; the message names the file, line or
+    key."""
+
+
+class UserOptions(dict):
+    """``--cfg-options`` typed on a command line: ``load_config`` checks that every key
+    exists in the config (``+key`` adds one on purpose). Plain dicts (library callers) are
+    merged as mmengine merges them."""
+
+
+def packaged_config(name: str) -> str:
+    """Path of a packaged config: ``'demo/x.py'`` or ``'ann_seg::demo/x.py'``."""
+    if name.startswith(PACKAGE_SCOPE + "::"):
+        name = name.split("::", 1)[1]
+    path = osp.join(CONFIG_ROOT, name)
+    if not osp.isfile(path):
+        raise FileNotFoundError(f"no packaged config {name!r} under {CONFIG_ROOT}")
+    return path
+
+
+def config_name(config: ConfigLike) -> str:
+    """``work_dirs`` name of a config: its file name without the extension."""
+    if isinstance(config, Config):
+        return osp.splitext(osp.basename(config.filename or "config"))[0]
+    return osp.splitext(osp.basename(config.split("::", 1)[-1]))[0]
+
+
+def read_config(config: ConfigLike) -> Config:
+    """A copy of ``config``: a path, ``ann_seg::...``, ``mmseg::...`` or a ``Config``."""
+    if isinstance(config, Config):
+        return config.copy()
+    if config.startswith(PACKAGE_SCOPE + "::"):
+        return Config.fromfile(packaged_config(config))
+    if "::" in config:
+        return get_config(config)
+    if not osp.isfile(config):
+        raise FileNotFoundError(f"config file not found: {config}")
+    try:
+        return Config.fromfile(config)
+    except SyntaxError as error:  # mmengine parses without the file name ("<unknown>")
+        raise ConfigError(_syntax_error_location(config, error)) from None
+
+
+def _syntax_error_location(path: str, error: SyntaxError) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            ast.parse(f.read(), filename=path)
+    except SyntaxError as own:
+        return f"{path}, line {own.lineno}: {own.msg}: {(own.text or '').strip()}"
+    return (
+        f"{path}: a base config it inherits has a syntax error at line {error.lineno}: "
+        f"{error.msg}: {(error.text or '').strip()}"
+    )
+
+
+def _children(node: Any) -> list:
+    if isinstance(node, dict):
+        return list(node.keys())
+    if isinstance(node, (list, tuple)):
+        return [str(i) for i in range(len(node))]
+    return []
+
+
+def check_options(cfg: Config, options: dict) -> dict:
+    """``options`` with ``+`` prefixes removed, after checking that every other key exists in
+    ``cfg``; raises ``ConfigError`` naming the key and the closest existing one."""
+    checked = {}
+    for key, value in options.items():
+        if key.startswith("+"):
+            checked[key[1:]] = value
+            continue
+        node, path = cfg._cfg_dict, []
+        for part in key.split("."):
+            names = _children(node)
+            if part not in names:
+                where = ".".join(path) or "the top level"
+                close = difflib.get_close_matches(part, names, n=1, cutoff=0.5)
+                if close:
+                    hint = f"; did you mean {'.'.join(path + close)}?"
+                else:
+                    hint = f" (keys there: {', '.join(names[:12]) or 'none'})."
+                raise ConfigError(
+                    f"--cfg-options {key}: {cfg.filename or 'the config'} has no key {part!r} "
+                    f"under {where}{hint} Use +{key}=... to add a new key on purpose."
+                )
+            node = node[int(part)] if isinstance(node, (list, tuple)) else node[part]
+            path.append(part)
+        checked[key] = value
+    return checked
+
+
+def load_config(
+    config: ConfigLike, cfg_options: Optional[dict] = None, work_dir: Optional[str] = None
+) -> Config:
+    """Read a config, merge ``cfg_options`` and set ``work_dir`` (default
+    ``./work_dirs/<config name>``), as mmseg's tools do."""
+    cfg = read_config(config)
+    if isinstance(cfg_options, UserOptions):
+        cfg_options = check_options(cfg, cfg_options)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get("work_dir", None) is None:
+        cfg.work_dir = osp.join("./work_dirs", config_name(config))
+    return cfg
+
+
+def replace_sync_bn(node) -> None:
+    """SyncBN has no single-process (CPU) implementation: use plain BN in the config tree."""
+    if isinstance(node, dict):
+        if node.get("type") == "SyncBN":
+            node["type"] = "BN"
+        for value in node.values():
+            replace_sync_bn(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            replace_sync_bn(value)

@@ -1,9 +1,0 @@
-_base_ = [
-    '../_base_/models/cgnl_r50-d8.py', 'mmseg::_base_/datasets/cityscapes.py',
-    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_40k.py'
-]
-custom_imports = dict(imports=['ann_seg'], allow_failed_imports=False)
-crop_size = (512, 1024)
-data_preprocessor = dict(size=crop_size)
-model = dict(
-    data_preprocessor=data_preprocessor)

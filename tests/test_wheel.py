@@ -1,0 +1,104 @@
+"""The built wheel works without the source tree: configs ship inside it, the demo and the
+tools run from another directory."""
+
+import glob
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def run(args, cwd, timeout=600):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (args, proc.stdout[-3000:], proc.stderr[-3000:])
+    return proc
+
+
+@pytest.fixture(scope="module")
+def wheel_env(tmp_path_factory):
+    """A fresh venv holding the ann_seg wheel, reusing this environment's installed
+    dependencies (a .pth to its site-packages) but not its editable ann_seg."""
+    root = tmp_path_factory.mktemp("wheel")
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(root / "dist"),
+            REPO,
+        ],
+        cwd=str(root),
+    )
+    (wheel,) = glob.glob(str(root / "dist" / "ann_seg-*.whl"))
+    venv = root / "venv"
+    run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=str(root))
+    python = str(venv / "bin" / "python")
+    site = run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=str(root)
+    ).stdout.strip()
+    with open(osp.join(site, "_main_env_dependencies.pth"), "w") as f:
+        f.write(sysconfig.get_paths()["purelib"] + "\n")
+    run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--prefix", str(venv), wheel],
+        cwd=str(root),
+    )
+    work = root / "elsewhere"
+    work.mkdir()
+    return python, str(work), site
+
+
+def test_the_wheel_is_used_and_holds_the_configs(wheel_env):
+    python, work, site = wheel_env
+    out = run(
+        [
+            python,
+            "-c",
+            "import ann_seg, ann_seg.mmseg.config as c; "
+            "print(ann_seg.__file__); print(c.CONFIG_ROOT); "
+            "print(c.packaged_config('ann/ann_r101-d8_4xb2-80k_cityscapes-769x769.py'))",
+        ],
+        cwd=work,
+    ).stdout.split()
+    assert all(p.startswith(site) for p in out), out
+    assert not any(p.startswith(REPO) for p in out)
+
+
+def test_demo_and_tools_run_from_another_directory(wheel_env):
+    python, work, _ = wheel_env
+    helped = run([python, osp.join(REPO, "tools", "compare_heads.py"), "--help"], cwd=work)
+    assert "--heads" in helped.stdout
+    proc = run(
+        [
+            python,
+            osp.join(REPO, "tools", "demo.py"),
+            "--num-train",
+            "8",
+            "--num-val",
+            "2",
+            "--max-iters",
+            "2",
+            "--data-root",
+            "data",
+            "--work-dir",
+            "work",
+        ],
+        cwd=work,
+    )
+    summary = json.load(open(osp.join(work, "work", "summary.json")))
+    assert summary["config"].startswith(osp.dirname(python).rsplit("/bin", 1)[0])
+    assert osp.isfile(osp.join(work, "work", "iter_2.pth"))
+    assert "demo mIoU:" in proc.stdout
+    assert len(os.listdir(osp.join(work, "work", "inference", "overlays"))) >= 1
