@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import os.path as osp
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -27,6 +28,16 @@ def wheel_env(tmp_path_factory):
     """A fresh venv holding the ann_seg wheel, reusing this environment's installed
     dependencies (a .pth to its site-packages) but not its editable ann_seg."""
     root = tmp_path_factory.mktemp("wheel")
+    # build from a copy: setuptools writes build/ into the source tree
+    source = root / "source"
+    shutil.copytree(
+        REPO,
+        source,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv*", "work_dirs", "data", "outputs", "build", "dist", "__pycache__"
+        ),
+    )
     run(
         [
             sys.executable,
@@ -38,7 +49,7 @@ def wheel_env(tmp_path_factory):
             "-q",
             "-w",
             str(root / "dist"),
-            REPO,
+            str(source),
         ],
         cwd=str(root),
     )
