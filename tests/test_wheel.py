@@ -62,13 +62,20 @@ def wheel_env(tmp_path_factory):
     ).stdout.strip()
     with open(osp.join(site, "_main_env_dependencies.pth"), "w") as f:
         f.write(sysconfig.get_paths()["purelib"] + "\n")
+    # --target (it implies --ignore-installed): --prefix would first uninstall this
+    # environment's own editable ann_seg
     run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--prefix", str(venv), wheel],
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", site, wheel],
         cwd=str(root),
     )
     work = root / "elsewhere"
     work.mkdir()
     return python, str(work), site
+
+
+def test_this_environment_keeps_its_own_ann_seg(wheel_env):
+    out = run([sys.executable, "-c", "import ann_seg; print(ann_seg.__file__)"], cwd="/").stdout
+    assert out.strip() == osp.join(REPO, "ann_seg", "__init__.py")
 
 
 def test_the_wheel_is_used_and_holds_the_configs(wheel_env):

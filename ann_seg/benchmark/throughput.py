@@ -175,14 +175,30 @@ def _command(mode: Mode, tools_dir: str, config, checkpoint, folder, out_dir) ->
     return tool + list(mode.args) + common
 
 
-def _run_tool(command: List[str], out_dir: str, count: int, port: int) -> Dict[str, Any]:
-    env = dict(os.environ, PORT=str(port))  # torchrun's master port (dist_infer.sh)
+def _tool_env(tools_dir: str, port: int) -> Dict[str, str]:
+    """The environment of the tools: torchrun's master port (``dist_infer.sh``'s ``PORT``);
+    the ``ann_seg`` next to ``tools_dir`` first on the path (that checkout is measured)."""
+    env = dict(os.environ, PORT=str(port))
+    root = osp.dirname(osp.abspath(tools_dir))
+    if osp.isdir(osp.join(root, "ann_seg")):
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
+
+
+def _run_tool(command: List[str], out_dir: str, count: int, env: Dict[str, str]) -> Dict[str, Any]:
     start = time.perf_counter()
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"exit status {proc.returncode}: {proc.stderr.strip()[-800:]}")
     return dict(_journal_timing(out_dir, count), wall_s=wall)
+
+
+def _short(path: str) -> str:
+    """``path`` relative to the working folder when inside it."""
+    if osp.isabs(path) and not osp.relpath(path).startswith(os.pardir):
+        return osp.relpath(path)
+    return path
 
 
 def _agreement(labels: List[np.ndarray], reference: List[np.ndarray]) -> Dict[str, Any]:
@@ -211,6 +227,7 @@ def run_throughput(
     for tool in ("infer.py", "dist_infer.sh"):
         if not osp.isfile(osp.join(tools_dir, tool)):
             raise FileNotFoundError(f"{tool} not found in {tools_dir} (needs a source checkout)")
+    start_env = environment("cpu")  # load average before the run
     folder = osp.join(work_dir, f"images_{count}")
     paths = make_images(folder, count)
     if checkpoint == "random":
@@ -235,7 +252,8 @@ def run_throughput(
                 else:
                     mode.command = _command(mode, tools_dir, config, checkpoint, folder, out_dir)
                     mode_port = port + len(modes) * round_index + modes.index(mode)
-                    result = _run_tool(mode.command, out_dir, count, mode_port)
+                    env = _tool_env(tools_dir, mode_port)
+                    result = _run_tool(mode.command, out_dir, count, env)
                     found = _label_paths_ours(out_dir, paths)
                 if round_index == 0:
                     labels[mode.name] = _read_labels(found, mode.name == MMSEG)
@@ -248,7 +266,7 @@ def run_throughput(
     rows = []
     for mode in modes:
         row: Dict[str, Any] = {"mode": mode.name, "threads": mode.threads, "ranks": mode.ranks}
-        row["command"] = " ".join(osp.relpath(c) if osp.isabs(c) else c for c in mode.command)
+        row["command"] = " ".join(_short(c) for c in mode.command)
         if mode.name in errors:
             row["error"] = errors[mode.name]
         if figures[mode.name]:
@@ -258,7 +276,8 @@ def run_throughput(
             row.update(_agreement(labels[mode.name], reference))
         rows.append(row)
     meta = dict(
-        environment("cpu"),
+        start_env,
+        load_average_end=environment("cpu")["load_average"],
         images=count,
         image_size=f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}",
         config=str(config),
@@ -314,7 +333,8 @@ def describe_throughput(result: Dict[str, Any]) -> str:
     return (
         f"{meta['images']} generated {meta['image_size']} PNGs, {meta['config']} with "
         f"{meta['checkpoint']} weights, CPU {meta['cpu']} ({meta['cpu_count']} cores, load "
-        f"average {meta['load_average']}), {meta['rounds']} round(s). img/s: from the model "
+        f"average {meta['load_average']} before, {meta['load_average_end']} after), "
+        f"{meta['rounds']} round(s). img/s: from the model "
         "loaded to the last image written; wall: the whole command (MMSegInferencer: in this "
         "process, without an interpreter start; it also writes vis/ renderings)."
     )

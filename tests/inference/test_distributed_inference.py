@@ -101,6 +101,21 @@ def test_rank_threads_and_device():
         assert distributed.rank_device(info) == "cpu"
 
 
+def test_without_a_process_group_a_rank_works_on_and_says_why():
+    info = distributed.RankInfo(1, 2, 0, 1, "slurm")
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}  # nobody listens
+    group = distributed.RankGroup(info, timeout_s=1, env=env)
+    try:
+        assert not group.ok and group.error.startswith("no process group (")
+        assert group.agree(7) == 7  # its own run number
+        assert group.barrier() == group.error
+    finally:
+        group.close()
+    summary = {"journal": {"missing_ranks": []}, "counts": {"pending": 2, "images": 5}}
+    note = distributed.incomplete_note(summary, group.error)
+    assert note.startswith("no process group (") and "2 of 5 images pending" in note
+
+
 def write_rank_journal(out, rank, world, tasks, done, run=1, skipped=()):
     journal = Journal(str(out), rank, world)
     journal.start({"device": f"dev{rank}"}, tasks, skipped, time.time(), 0.5, run=run)
@@ -199,6 +214,7 @@ def dist_infer(tiny, input_path, out, nproc, *args, wait=True):
     command = [DIST_INFER, *tiny, str(input_path), str(nproc), "--out-dir", str(out)]
     command += ["--no-progress", *args]
     env = dict(os.environ, OMP_NUM_THREADS="1", PORT=str(free_port()))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
     if not wait:
         return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
