@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ann_seg.io import Progress
+from ann_seg.layers.compat import event_start_ns
 
 MIB = float(1 << 20)
 
@@ -87,7 +88,7 @@ def _cpu_peak_from_profile(prof) -> int:
             "PyTorch built with kineto"
         )
     deltas = sorted(
-        (event.start_ns(), event.nbytes())
+        (event_start_ns(event), event.nbytes())
         for event in results.events()
         if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU
     )

@@ -76,3 +76,10 @@ def native_low_precision_dtype(device: str) -> Optional[torch.dtype]:
     if str(device).startswith("cuda"):
         return torch.float16
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+def event_start_ns(event) -> int:
+    """Start of a profiler (kineto) event in ns: ``start_ns()``, or torch 2.1's ``start_us()``."""
+    if hasattr(event, "start_ns"):
+        return event.start_ns()
+    return event.start_us() * 1000
