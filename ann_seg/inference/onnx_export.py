@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ann_seg.io import atomic_path
+from ann_seg.layers.compat import torchscript_onnx_export_kwargs
 
 from .folder import load_segmentor
 
@@ -157,12 +158,12 @@ def export_onnx(
                 wrapper,
                 (_random_images(1, height, width, 0),),
                 tmp,
-                dynamo=False,
                 opset_version=opset,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
                 dynamic_axes=dynamic_axes,
                 do_constant_folding=True,
+                **torchscript_onnx_export_kwargs(),
             )
         onnx.checker.check_model(tmp)
         checks = verify_onnx(tmp, wrapper, shapes, atol, rtol)

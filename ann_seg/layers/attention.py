@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .compat import output_dtype
+from .compat import SDPA_EXPORTS_TO_ONNX, output_dtype
 
 PAIRWISE = ("softmax", "dot", "concat")
 BACKENDS = ("auto", "sdpa", "explicit")
@@ -75,7 +75,7 @@ def softmax_attention(
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     with torch.autocast(value.device.type, enabled=False):
         q, k, v = _float32(query, key, value)
-        if backend == "explicit":
+        if backend == "explicit" or (torch.jit.is_tracing() and not SDPA_EXPORTS_TO_ONNX):
             weights = torch.softmax(torch.bmm(q, k.transpose(1, 2)) * scale, dim=-1)
             out = torch.bmm(weights, v)
         else:

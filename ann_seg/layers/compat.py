@@ -5,6 +5,8 @@ only) up to 2.13. Each helper picks its implementation once, at import time, fro
 installed torch offers (``HAS_*`` flags say which), so compiled graphs see a plain call.
 """
 
+import inspect
+import warnings
 from typing import Optional
 
 import torch
@@ -23,11 +25,14 @@ HAS_SAFE_GLOBALS = all(
 
 
 def _cpu_autocast_accepts(dtype: torch.dtype) -> bool:
-    try:  # torch 2.1 raises for CPU float16 autocast (bfloat16 only); later versions accept it
-        with torch.autocast("cpu", dtype=dtype):
-            return True
-    except RuntimeError:
-        return False
+    # torch 2.1 warns and then raises for CPU float16 autocast (bfloat16 only); later accept it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            with torch.autocast("cpu", dtype=dtype):
+                return True
+        except RuntimeError:
+            return False
 
 
 # torch >= 2.2 (or so): float16 autocast on the CPU, not only bfloat16
@@ -83,3 +88,18 @@ def event_start_ns(event) -> int:
     if hasattr(event, "start_ns"):
         return event.start_ns()
     return event.start_us() * 1000
+
+
+# torch >= 2.5 has two ONNX exporters and takes ``dynamo=``; older ones only the TorchScript one
+HAS_ONNX_DYNAMO_FLAG = "dynamo" in inspect.signature(torch.onnx.export).parameters
+
+
+def torchscript_onnx_export_kwargs() -> dict:
+    """``torch.onnx.export`` keywords that select the TorchScript (tracing) exporter."""
+    return {"dynamo": False} if HAS_ONNX_DYNAMO_FLAG else {}
+
+
+# torch 2.1's ONNX symbolic of scaled_dot_product_attention fails on a float ``scale``
+# ("z_(): incompatible function arguments"); 2.13's works; versions between are untested, so
+# below 2.5 the traced graph uses the explicit softmax(q k^T) v form (same numbers)
+SDPA_EXPORTS_TO_ONNX = TORCH_VERSION >= (2, 5)

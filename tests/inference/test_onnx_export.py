@@ -17,6 +17,7 @@ from ann_seg.inference.onnx_export import (
     verify_onnx,
 )
 from ann_seg.layers import PyramidPoolingSampler
+from ann_seg.layers.compat import torchscript_onnx_export_kwargs
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -90,10 +91,10 @@ def test_pyramid_pooling_exports_exactly(tmp_path, spatial):
         sampler,
         (x,),
         out,
-        dynamo=False,
         opset_version=17,
         input_names=["x"],
         output_names=["y"],
+        **torchscript_onnx_export_kwargs(),
         dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}},
     )
     x = torch.randn(2, 4, *spatial, generator=torch.Generator().manual_seed(0))

@@ -48,7 +48,7 @@ def test_cpu_autocast_wrapper_autocasts_the_forward_only():
         assert model(torch.randn(2, 4)).dtype == torch.bfloat16
     assert model(torch.randn(2, 4)).dtype == torch.float32
     with pytest.raises(ValueError, match="'int8'"):
-        CPUAutocastOptimWrapper(dtype="int8", optimizer=torch.optim.SGD(model.parameters()))
+        CPUAutocastOptimWrapper(dtype="int8", optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
 
 
 def test_amp_trains_and_resumes_on_the_cpu(trained, tmp_path):
