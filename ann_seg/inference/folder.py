@@ -86,6 +86,7 @@ from .pipeline import (
     PreprocessDataset,
     collate,
     decode_task,
+    equal_shape_batches,
     inference_failure,
     inference_pipeline,
     run_pipelined,
@@ -283,27 +284,11 @@ class FolderInference:
 
     def run(self, todo: Sequence[int], batch_size: int, progress: Progress) -> None:
         """Segment the tasks ``todo``; consecutive images of equal size share a batch."""
-        pending: List[Decoded] = []
-
-        def flush() -> None:
-            if not pending:
-                return
-            for item, result, seconds in self.forward(pending):
+        items = (self.preprocess(index) for index in todo)
+        for batch in equal_shape_batches(items, batch_size, progress.update):
+            for item, result, seconds in self.forward(batch):
                 self.write(item, result, seconds)
-            progress.update(len(pending))
-            pending.clear()
-
-        for index in todo:
-            item = self.preprocess(index)
-            if item is None:
-                progress.update()
-                continue
-            if pending and pending[0].shape != item.shape:
-                flush()
-            pending.append(item)
-            if len(pending) == batch_size:
-                flush()
-        flush()
+            progress.update(len(batch))
 
 
 def run_inference(

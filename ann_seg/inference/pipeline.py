@@ -23,7 +23,18 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Deque,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import numpy as np
 import torch
@@ -168,6 +179,27 @@ def make_loader(dataset: PreprocessDataset, workers: int, pin_memory: bool = Fal
     )
 
 
+def equal_shape_batches(
+    items: Iterable[Optional[Decoded]], batch_size: int, on_skip: Callable[[], None]
+) -> Iterator[List[Decoded]]:
+    """Consecutive decoded images of equal shape, ``batch_size`` at most: the batching rule of
+    both loops. ``None`` items (images already reported as failed) call ``on_skip``."""
+    pending: List[Decoded] = []
+    for item in items:
+        if item is None:
+            on_skip()
+            continue
+        if pending and pending[0].shape != item.shape:
+            yield pending
+            pending = []
+        pending.append(item)
+        if len(pending) == batch_size:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
+
+
 def run_pipelined(
     stages: Any,
     todo: Sequence[int],
@@ -186,7 +218,14 @@ def run_pipelined(
     iterator = iter(loader)  # workers fork here, before any writer thread exists
     in_flight: Deque[Future] = deque()
     limit = writers * WRITES_PER_WRITER
-    pending: List[Decoded] = []
+
+    def decoded(loaded):
+        for item in loaded:
+            if isinstance(item, Failed):
+                stages.fail(item.index, item.reason, item.identity)
+                item = None
+            yield item
+
     try:
         with ThreadPoolExecutor(writers, thread_name_prefix="ann_seg-writer") as pool:
 
@@ -195,25 +234,10 @@ def run_pipelined(
                     in_flight.popleft().result()  # re-raises what a writer did not catch
                 in_flight.append(pool.submit(write, *args))
 
-            def flush() -> None:
-                if not pending:
-                    return
-                for item, result, seconds in stages.forward(pending):
+            for batch in equal_shape_batches(decoded(iterator), batch_size, progress.update):
+                for item, result, seconds in stages.forward(batch):
                     submit(stages.write, item, result, seconds)
-                progress.update(len(pending))
-                pending.clear()
-
-            for item in iterator:
-                if isinstance(item, Failed):
-                    stages.fail(item.index, item.reason, item.identity)
-                    progress.update()
-                    continue
-                if pending and pending[0].shape != item.shape:
-                    flush()
-                pending.append(item)
-                if len(pending) == batch_size:
-                    flush()
-            flush()
+                progress.update(len(batch))
             while in_flight:
                 in_flight.popleft().result()
     finally:
