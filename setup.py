@@ -33,10 +33,12 @@ setup(
         "numpy",
         "matplotlib",
         "rich",
+        "scipy",  # the head study's confidence intervals
     ],
     extras_require={
         "dev": [
             "pytest>=7",
+            "pytest-xdist",
             "ruff",
             "import-linter",
             "onnx",

@@ -11,7 +11,12 @@ import sys
 
 import pytest
 
-from ann_seg.mmseg.config import CONFIG_ROOT
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n N: N workers share the cores; one torch thread each (and in the tools they
+    # start) instead of N x one per core, which on 2 cores runs many times slower
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+from ann_seg.mmseg.config import CONFIG_ROOT  # noqa: E402  (imports torch: after the threads)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = CONFIG_ROOT  # the packaged configs (the repository's configs/ links there)

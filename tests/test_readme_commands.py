@@ -143,7 +143,7 @@ def test_every_readme_command_is_runnable_or_marked():
     assert all(not PLACEHOLDER.search(c.substitute or "") for c in commands)
     assert sum(c.fast for c in commands) >= 4
     first = [c.text.split("#")[0].strip() for c in commands[:2]]
-    assert first == ["bash scripts/setup.sh", ".venv/bin/python -m pytest -q tests"]
+    assert first == ["bash scripts/setup.sh", ".venv/bin/python -m pytest -q -n auto tests"]
 
 
 def test_fast_readme_commands_pass():

@@ -1,231 +1,520 @@
-"""Train the local baseline and the non-local family under one budget on the built-in
-long-range set, several seeds each, through mmengine's Runner; tabulate and plot.
+"""The context-head study: our heads and mmseg's own context heads trained under one recipe on
+the built-in long-range set, several seeds each, through mmengine's Runner; accuracy with
+confidence intervals, cost from the benchmark, a Pareto plot, and a sweep over the distance
+between the cue and the objects.
 
-Each run's validation mIoU over training comes from the ``scalars.json`` that mmengine's
-``LocalVisBackend`` writes. Peak memory is that of one training step (forward + backward) at the
-training batch size, measured with ``ann_seg.benchmark``'s tensor-peak tracker (live tensor
-bytes above the level before the step, not process RSS).
+Every (distance, head, seed) run trains in its own spawned process (mmengine's registries and
+visualizer are per process) and, when it finishes, writes ``runs/d<distance>/<head>_seed<seed>
+.json`` atomically; a re-run with the same settings takes those files instead of training again,
+so a killed study loses only the runs in flight. The training log of each run stays in its work
+directory (``.../<head>_seed<seed>/train.log``); the console shows one line per finished run.
 """
 
+import contextlib
 import glob
 import json
+import math
+import multiprocessing
+import os
 import os.path as osp
-import statistics
+import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 import torch
-from mmengine.structures import PixelData
-from mmseg.structures import SegDataSample
 
 from ann_seg.io import atomic_write_json, atomic_write_text, markdown_table, save_figure
-from ann_seg.mmseg import build_segmentor, load_config, packaged_config
-from ann_seg.mmseg.runner import build_runner
-from ann_seg.mmseg.synthetic import generate_long_range_dataset
+from ann_seg.mmseg.synthetic import MIN_CUE_DISTANCE_FRACTION, generate_long_range_dataset
 
-from .measure import measure_peak_memory
+from .models import BenchmarkSettings, benchmark_configs
+from .stats import pareto_front, t_interval
+from .study_runs import (
+    DATA_SIZE,
+    HEADS,
+    NUM_CLASSES,
+    check_head,
+    config_path,
+    load_finished,
+    run_in_child,
+    run_spec,
+)
 
-HEADS = {
-    "fcn": "fcn_r18-d8_1xb8-400it_synthetic-64x128.py",
-    "nonlocal": "nonlocal_r18-d8_1xb8-400it_synthetic-64x128.py",
-    "cgnl": "cgnl_r18-d8_1xb8-400it_synthetic-64x128.py",
-    "apnb": "apnb_r18-d8_1xb8-400it_synthetic-64x128.py",
-    "ann": "ann_r18-d8_1xb8-400it_synthetic-64x128.py",
-}
-DATA_SIZE = (64, 128)
+# A run "left the plateau" when its final mIoU beats that of predicting background everywhere
+# (the "everything is background" plateau, background IoU / num_classes) by this margin.
+PLATEAU_MARGIN = 5.0
+SWEEP_DISTANCES = (0.1, 0.2, 0.4, 0.6)
+# tools/compare_heads.py --quick: a local baseline, a pooling head, a cascade and ANN
+QUICK_PRESET = dict(
+    heads=["fcn", "psp", "ocrnet", "ann"], seeds=[0, 1], sweep_distances=[0.1, 0.4, 0.6]
+)
 
 
-def config_path(head: str) -> str:
-    if head not in HEADS:
-        raise ValueError(f"unknown head {head!r}; choose from {sorted(HEADS)}")
-    return packaged_config(f"compare/{HEADS[head]}")
+@dataclass
+class StudySettings:
+    """What ``tools/compare_heads.py`` trains and measures."""
+
+    heads: Sequence[str] = tuple(HEADS)
+    seeds: Sequence[int] = (0, 1, 2, 3, 4)
+    max_iters: int = 800
+    val_interval: int = 100
+    num_train: int = 400
+    num_val: int = 60
+    distance: float = MIN_CUE_DISTANCE_FRACTION
+    sweep_distances: Sequence[float] = SWEEP_DISTANCES
+    sweep_heads: Optional[Sequence[str]] = None  # None: the study's heads
+    sweep_seeds: Sequence[int] = (0,)
+    data_root: str = "data/synthetic_long_range_64x128"
+    work_dir: str = "work_dirs/compare_heads"
+    jobs: int = 2
+    threads_per_job: int = 1
+    cost_shape: Tuple[int, int] = (512, 1024)
+    cost_repeat: int = 5
+    confidence: float = 0.95
+    progress: bool = True
+    extra: dict = field(default_factory=dict)  # free-form, stored with the results
+
+    def __post_init__(self):
+        for head in list(self.heads) + list(self.sweep_heads or []):
+            check_head(head)
+        if not self.heads or not self.seeds:
+            raise ValueError("the study needs at least one head and one seed")
+        if self.jobs < 1 or self.threads_per_job < 1:
+            raise ValueError(
+                f"jobs and threads_per_job must be >= 1, got {self.jobs}, {self.threads_per_job}"
+            )
+        if self.max_iters < 1 or self.val_interval < 1 or self.val_interval > self.max_iters:
+            raise ValueError(
+                f"need 1 <= val_interval <= max_iters, got {self.val_interval}, {self.max_iters}"
+            )
 
 
-def _read_curve(work_dir: str) -> List[Dict[str, float]]:
-    """``[{'iter': i, 'mIoU': m, 'mAcc': a, 'aAcc': p}, ...]`` from the run's validation
-    scalars. Any input-independent predictor scores mAcc = 100 / num_classes: chance."""
-    curve = []
-    for path in sorted(glob.glob(osp.join(work_dir, "*", "vis_data", "scalars.json"))):
-        with open(path) as f:
-            for line in f:
-                record = json.loads(line)
-                if "mIoU" in record:
-                    curve.append(
-                        {
-                            "iter": int(record["step"]),
-                            "mIoU": float(record["mIoU"]),
-                            "mAcc": float(record["mAcc"]),
-                            "aAcc": float(record["aAcc"]),
-                        }
+def data_root_for(settings: StudySettings, distance: float) -> str:
+    """The study's data root at its own distance, a sibling ``<root>_d0.10`` at the others."""
+    if distance == settings.distance:
+        return settings.data_root
+    return f"{settings.data_root.rstrip('/')}_d{distance:.2f}"
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def run_paths(settings: StudySettings, head: str, seed: int, distance: float) -> Tuple[str, str]:
+    """``(result json, mmengine work dir)`` of a run."""
+    base = osp.join(settings.work_dir, "runs", f"d{distance:.2f}", f"{head}_seed{seed}")
+    return base + ".json", base
+
+
+def _run_all(settings: StudySettings, planned: List[Tuple[dict, str, str, str]]) -> List[str]:
+    """Train the planned runs ``jobs`` at a time; one line per finished run. Returns errors."""
+    errors: List[str] = []
+    if not planned:
+        return errors
+    context = multiprocessing.get_context("spawn")
+    start, done = time.perf_counter(), 0
+    with ProcessPoolExecutor(settings.jobs, mp_context=context, max_tasks_per_child=1) as pool:
+        pending: Dict[Future, dict] = {}
+        queue = list(planned)
+        while queue or pending:
+            while queue and len(pending) < settings.jobs:
+                spec, data_root, work_dir, path = queue.pop(0)
+                future = pool.submit(
+                    run_in_child, spec, data_root, work_dir, path, settings.threads_per_job
+                )
+                pending[future] = dict(spec=spec, work_dir=work_dir)
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                info = pending.pop(future)
+                spec, done = info["spec"], done + 1
+                name = f"{spec['head']} seed {spec['seed']} at distance {spec['distance']:.2f}"
+                elapsed = time.perf_counter() - start
+                eta = elapsed / done * (len(planned) - done)
+                try:
+                    result = future.result()
+                    line = (
+                        f"mIoU {result['mIoU']:.1f}, mAcc {result['mAcc']:.1f}, "
+                        f"{result['train_s']:.0f} s"
                     )
-    return curve
+                except Exception as error:  # one run's failure must not stop the others
+                    log = osp.join(info["work_dir"], "train.log")
+                    errors.append(f"{name}: {type(error).__name__}: {error} (log: {log})")
+                    line = f"FAILED ({type(error).__name__}: {error}; log: {log})"
+                if settings.progress:
+                    print(
+                        f"[{done}/{len(planned)}] {name}: {line}; elapsed {elapsed / 60:.1f} "
+                        f"min, eta {eta / 60:.1f} min",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    return errors
 
 
-def train_step_peak_mib(cfg) -> float:
-    """Tensor peak of one training step of ``cfg``'s model on a random batch."""
-    model = build_segmentor(cfg).train()
-    h, w = DATA_SIZE
-    batch = cfg.train_dataloader.batch_size
-    images = torch.randn(batch, 3, h, w)
-    samples = []
-    for _ in range(batch):
-        sample = SegDataSample(gt_sem_seg=PixelData(data=torch.randint(0, 5, (1, h, w))))
-        sample.set_metainfo(dict(img_shape=(h, w), pad_shape=(h, w)))
-        samples.append(sample)
-
-    def step():
-        losses = model.loss(images, samples)
-        sum(v for k, v in losses.items() if "loss" in k).backward()
-
-    return measure_peak_memory(step) / float(1 << 20)
+# --------------------------------------------------------------------------- summaries
 
 
-def run_one(
-    head: str, seed: int, data_root: str, work_dir: str, max_iters: int, val_interval: int
-) -> dict:
-    warmup = max(1, min(50, max_iters // 5))
-    options = {
-        "randomness.seed": seed,
-        "train_cfg.max_iters": max_iters,
-        "train_cfg.val_interval": val_interval,
-        "default_hooks.checkpoint.interval": max_iters,
-        "param_scheduler.0.end": warmup,
-        "param_scheduler.1.begin": warmup,
-        "param_scheduler.1.end": max_iters,
-        "default_hooks.visualization.draw": False,
-        # mmseg names its visualizer 'visualizer'; mmengine would hand every later
-        # Runner of this process the first one, writing to the first run's directory
-        "visualizer.name": f"compare_{head}_seed{seed}_{time.time_ns()}",
-    }
-    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        options[f"{loader}.dataset.data_root"] = data_root
-    cfg = load_config(config_path(head), options, work_dir)
-    start = time.perf_counter()
-    runner = build_runner(cfg)
-    runner.train()
-    seconds = time.perf_counter() - start
-    curve = _read_curve(work_dir)
-    if not curve:
-        raise RuntimeError(f"{head} seed {seed}: no validation mIoU found under {work_dir}")
-    return dict(
-        head=head,
-        seed=seed,
-        mIoU=curve[-1]["mIoU"],
-        mAcc=curve[-1]["mAcc"],
-        curve=curve,
-        train_s=round(seconds, 1),
-        peak_mib=round(train_step_peak_mib(cfg), 1),
-    )
+def trivial_miou(data_root: str) -> float:
+    """mIoU of predicting background everywhere on the val split: the background IoU (its
+    pixel fraction) over the classes, every other IoU 0."""
+    paths = glob.glob(osp.join(data_root, "gtFine", "val", "*", "*_labelTrainIds.png"))
+    if not paths:
+        raise FileNotFoundError(f"no val label maps under {data_root}/gtFine/val")
+    background = total = 0
+    for path in paths:
+        label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        background += int((label == 0).sum())
+        total += label.size
+    return 100.0 * background / total / NUM_CLASSES
 
 
-def summarise(runs: Sequence[dict]) -> List[dict]:
+def summarise(
+    runs: Sequence[dict], confidence: float = 0.95, plateau_miou: float = 0.0
+) -> List[dict]:
+    """One row per head (in ``HEADS`` order): mIoU mean, t-interval, per seed, plateau fraction,
+    train time and train-step peak."""
     rows = []
-    for head in dict.fromkeys(r["head"] for r in runs):
-        mine = [r for r in runs if r["head"] == head]
+    for head in [h for h in HEADS if any(r["spec"]["head"] == h for r in runs)]:
+        mine = sorted(
+            (r for r in runs if r["spec"]["head"] == head), key=lambda r: r["spec"]["seed"]
+        )
         values = [r["mIoU"] for r in mine]
+        mean, low, high = t_interval(values, confidence)
         rows.append(
             dict(
                 head=head,
-                config=HEADS[head],
-                seeds=[r["seed"] for r in mine],
+                label=HEADS[head].label,
+                source=HEADS[head].source,
+                config=HEADS[head].config,
+                seeds=[r["spec"]["seed"] for r in mine],
                 mIoU=values,
-                mean=statistics.fmean(values),
-                std=statistics.stdev(values) if len(values) > 1 else 0.0,
-                train_s=statistics.fmean(r["train_s"] for r in mine),
-                peak_mib=max(r["peak_mib"] for r in mine),
+                mean=mean,
+                ci_low=low,
+                ci_high=high,
+                std=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                left_plateau=sum(r["mIoU"] > plateau_miou + PLATEAU_MARGIN for r in mine),
+                train_s=float(np.mean([r["train_s"] for r in mine])),
+                train_peak_mib=max(r["train_peak_mib"] for r in mine),
             )
         )
     return rows
 
 
-def results_table(rows: Sequence[dict]) -> str:
-    """Markdown table of ``summarise``'s rows."""
+def measure_costs(settings: StudySettings, heads: Sequence[str]) -> Dict[str, dict]:
+    """Inference latency, peak memory, parameters and FLOPs of every head's whole model at
+    ``cost_shape`` (``ann_seg.benchmark``, the heads timed interleaved in one run); stored in
+    ``cost.json`` and reused while the heads, shape and repeat count are the same."""
+    path = osp.join(settings.work_dir, "cost.json")
+    key = dict(shape=list(settings.cost_shape), repeat=settings.cost_repeat)
+    stored = {}
+    with contextlib.suppress(OSError, ValueError):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved.get("key") == key:
+            stored = saved["heads"]
+    missing = [h for h in heads if h not in stored]
+    if missing:
+        bench = BenchmarkSettings(part="model", mode="infer", repeat=settings.cost_repeat)
+        rows = benchmark_configs(
+            [config_path(h) for h in missing],
+            bench,
+            [tuple(settings.cost_shape)],
+            progress=settings.progress,
+        )
+        for head, row in zip(missing, rows):
+            if row["status"] != "ok":
+                raise RuntimeError(f"cost of {head} at {settings.cost_shape}: {row['error']}")
+            stored[head] = dict(
+                latency_ms=row["latency_ms"]["median"],
+                peak_memory_mib=row["peak_memory_mib"],
+                params_m=row["params_m"],
+                flops_g=row["flops_g"],
+                threads=torch.get_num_threads(),
+            )
+        atomic_write_json(path, dict(key=key, heads=stored))
+    return {h: stored[h] for h in heads}
+
+
+def _fmt(value: Optional[float], fmt: str = "{:.1f}") -> str:
+    return (
+        "n/a"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else fmt.format(value)
+    )
+
+
+def results_table(
+    rows: Sequence[dict],
+    costs: Optional[Dict[str, dict]] = None,
+    cost_shape: Optional[Sequence[int]] = None,
+) -> str:
+    """Markdown table of ``summarise``'s rows, with the cost columns when ``costs`` is given."""
+    shape = f" @{cost_shape[0]}x{cost_shape[1]}" if cost_shape else ""
     header = [
         "head",
-        "mIoU mean ± std",
+        "from",
+        "mIoU mean [95% CI]",
         "per seed",
-        "train time / run (s)",
+        "left plateau",
+        "train s/run",
         "train-step peak (MiB)",
     ]
-    body = [
-        [
-            row["head"],
-            f"{row['mean']:.1f} ± {row['std']:.1f}",
+    if costs:
+        header += [f"latency (ms){shape}", f"peak (MiB){shape}", "params (M)", f"GFLOPs{shape}"]
+    body = []
+    for row in rows:
+        line = [
+            row["label"],
+            row["source"],
+            f"{row['mean']:.1f} [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]",
             ", ".join(f"{v:.1f}" for v in row["mIoU"]),
+            f"{row['left_plateau']}/{len(row['mIoU'])}",
             f"{row['train_s']:.0f}",
-            f"{row['peak_mib']:.0f}",
+            f"{row['train_peak_mib']:.0f}",
         ]
-        for row in rows
+        if costs:
+            cost = costs[row["head"]]
+            line += [
+                f"{cost['latency_ms']:.0f}",
+                f"{cost['peak_memory_mib']:.0f}",
+                f"{cost['params_m']:.2f}",
+                _fmt(cost["flops_g"], "{:.2f}"),
+            ]
+        body.append(line)
+    return markdown_table(header, body, align="lllllrr" + ("rrrr" if costs else ""))
+
+
+def sweep_table(sweep: Dict[str, Dict[float, List[float]]]) -> str:
+    """Markdown table: one row per head, mean mIoU (over the sweep seeds) per distance."""
+    distances = sorted({d for per_head in sweep.values() for d in per_head})
+    header = ["head"] + [f"d = {d:.1f}·H" for d in distances]
+    body = [
+        [HEADS[h].label] + [_fmt(float(np.mean(per[d])) if per.get(d) else None) for d in distances]
+        for h, per in sweep.items()
     ]
-    return markdown_table(header, body, align="lllrr")
+    return markdown_table(header, body, align="l" + "r" * len(distances))
 
 
-def plot_curves(runs: Sequence[dict], path: str) -> None:
-    import matplotlib  # optional heavy dependency, only for the figure
+# --------------------------------------------------------------------------- figures
+
+
+def _pyplot():
+    import matplotlib  # optional heavy dependency, only for the figures
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    for head in dict.fromkeys(r["head"] for r in runs):
-        curves = [r["curve"] for r in runs if r["head"] == head]
-        iters = [p["iter"] for p in curves[0]]
-        values = np.array([[p["mIoU"] for p in c][: len(iters)] for c in curves])
-        mean = values.mean(0)
-        ax.plot(iters, mean, marker="o", label=head)
-        if len(values) > 1:
-            ax.fill_between(iters, values.min(0), values.max(0), alpha=0.2)
-    ax.set_xlabel("training iteration")
-    ax.set_ylabel("val mIoU (%)")
-    ax.set_title("Long-range synthetic set: mean over seeds (band: min-max)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    return plt
+
+
+def _colours(heads: Sequence[str]) -> Dict[str, tuple]:
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab20")
+    return {h: cmap(i % 20) for i, h in enumerate(HEADS) if h in heads}
+
+
+def plot_pareto(rows: Sequence[dict], costs: Dict[str, dict], path: str, title: str) -> None:
+    """mIoU (mean, 95 % CI bars) against inference latency and against peak memory; the Pareto
+    front (no head both cheaper and better) drawn through."""
+    plt = _pyplot()
+    colours = _colours([r["head"] for r in rows])
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), dpi=100, sharey=True)
+    for ax, key, xlabel in (
+        (axes[0], "latency_ms", "inference latency (ms, median)"),
+        (axes[1], "peak_memory_mib", "inference peak memory (MiB)"),
+    ):
+        points = [(costs[r["head"]][key], r["mean"]) for r in rows]
+        for row, (x, y) in zip(rows, points):
+            low, high = row["ci_low"], row["ci_high"]
+            yerr = None if math.isnan(low) else [[y - low], [high - y]]
+            marker = "o" if row["source"] == "ann_seg" else "s"
+            ax.errorbar(
+                x,
+                y,
+                yerr=yerr,
+                fmt=marker,
+                color=colours[row["head"]],
+                capsize=3,
+                markersize=7,
+                label=row["label"],
+            )
+            ax.annotate(row["head"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        front = pareto_front(points)
+        ax.step(
+            [points[i][0] for i in front],
+            [points[i][1] for i in front],
+            where="post",
+            color="0.4",
+            linestyle="--",
+            linewidth=1,
+            label="Pareto front",
+        )
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("val mIoU (%), mean and 95 % CI over seeds")
+    axes[1].legend(fontsize=7, loc="lower right", ncol=2)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
 
 
-def compare_heads(
-    heads: Sequence[str] = tuple(HEADS),
-    seeds: Sequence[int] = (0, 1, 2),
-    max_iters: int = 400,
-    val_interval: int = 100,
-    data_root: str = "data/synthetic_long_range_64x128",
-    work_dir: str = "work_dirs/compare_heads",
-    num_train: int = 400,
-    num_val: int = 60,
-    plot: Optional[str] = None,
-) -> dict:
-    """Train every head with every seed; write ``results.json``, ``results.md`` and the plot."""
+def plot_sweep(sweep: Dict[str, Dict[float, List[float]]], path: str, title: str) -> None:
+    """mIoU of each head against the cue distance (mean over the sweep seeds; bars: min-max)."""
+    plt = _pyplot()
+    colours = _colours(list(sweep))
+    fig, ax = plt.subplots(figsize=(8, 5.2), dpi=100)
+    for head, per in sweep.items():
+        distances = sorted(d for d in per if per[d])
+        means = [float(np.mean(per[d])) for d in distances]
+        spread = [
+            [m - min(per[d]) for m, d in zip(means, distances)],
+            [max(per[d]) - m for m, d in zip(means, distances)],
+        ]
+        style = "-" if HEADS[head].source == "ann_seg" else "--"
+        ax.errorbar(
+            distances,
+            means,
+            yerr=spread,
+            linestyle=style,
+            marker="o",
+            capsize=2,
+            color=colours[head],
+            label=HEADS[head].label,
+        )
+    ax.set_xlabel("distance from the cue band to the nearest object (fraction of the height)")
+    ax.set_ylabel("val mIoU (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_curves(runs: Sequence[dict], path: str) -> None:
+    """Validation mIoU against iterations: mean over seeds per head, band min-max."""
+    plt = _pyplot()
+    heads = [h for h in HEADS if any(r["spec"]["head"] == h for r in runs)]
+    colours = _colours(heads)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
     for head in heads:
-        config_path(head)
-    generate_long_range_dataset(
-        data_root, num_train=num_train, num_val=num_val, size=DATA_SIZE, seed=0, progress=False
-    )
-    runs = []
-    for seed in seeds:
-        for head in heads:
-            runs.append(
-                run_one(
-                    head,
-                    seed,
-                    data_root,
-                    osp.join(work_dir, f"{head}_seed{seed}"),
-                    max_iters,
-                    val_interval,
-                )
-            )
-    rows = summarise(runs)
-    result = dict(
-        max_iters=max_iters,
-        val_interval=val_interval,
-        seeds=list(seeds),
-        data=dict(root=data_root, size=DATA_SIZE, num_train=num_train, num_val=num_val),
+        curves = [r["curve"] for r in runs if r["spec"]["head"] == head]
+        iters = [p["iter"] for p in curves[0]]
+        values = np.array([[p["mIoU"] for p in c][: len(iters)] for c in curves])
+        ax.plot(
+            iters,
+            values.mean(0),
+            marker="o",
+            markersize=3,
+            color=colours[head],
+            label=HEADS[head].label,
+        )
+        if len(values) > 1:
+            ax.fill_between(iters, values.min(0), values.max(0), alpha=0.12, color=colours[head])
+    ax.set_xlabel("training iteration")
+    ax.set_ylabel("val mIoU (%)")
+    ax.set_title("mean over seeds (band: min-max)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def plan_runs(settings: StudySettings) -> List[Tuple[dict, str, str, str]]:
+    """Every run of the study, then of the sweep, as ``(spec, data_root, work_dir, json)``;
+    the study seed-major (a partial study holds whole seeds), duplicates once."""
+    keys = [(settings.distance, h, s) for s in settings.seeds for h in settings.heads]
+    sweep_heads = settings.sweep_heads or settings.heads
+    for distance in settings.sweep_distances:
+        keys += [(distance, h, s) for s in settings.sweep_seeds for h in sweep_heads]
+    planned = []
+    for distance, head, seed in dict.fromkeys(keys):
+        spec = run_spec(settings, head, seed, distance)
+        path, work_dir = run_paths(settings, head, seed, distance)
+        planned.append((spec, data_root_for(settings, distance), work_dir, path))
+    return planned
+
+
+def compare_heads(settings: StudySettings) -> dict:
+    """Train what is not finished, then write ``results.json``, ``results.md``,
+    ``pareto.png``, ``sweep.png`` and ``miou_curves.png`` under the work dir."""
+    planned = plan_runs(settings)
+    for distance in dict.fromkeys(spec["distance"] for spec, *_ in planned):
+        generate_long_range_dataset(
+            data_root_for(settings, distance),
+            num_train=settings.num_train,
+            num_val=settings.num_val,
+            size=DATA_SIZE,
+            seed=0,
+            progress=False,
+            cue_distance=distance,
+        )
+    todo = [p for p in planned if load_finished(p[3], p[0]) is None]
+    if settings.progress:
+        print(
+            f"{len(planned)} runs planned, {len(planned) - len(todo)} finished earlier, "
+            f"{len(todo)} to train ({settings.jobs} at a time, {settings.threads_per_job} "
+            f"thread(s) each)",
+            file=sys.stderr,
+            flush=True,
+        )
+    start = time.perf_counter()
+    errors = _run_all(settings, todo)
+    train_wall_s = time.perf_counter() - start
+    results = {
+        (p[0]["distance"], p[0]["head"], p[0]["seed"]): load_finished(p[3], p[0]) for p in planned
+    }
+    runs = [r for (d, _, _), r in results.items() if r is not None and d == settings.distance]
+    plateau = trivial_miou(settings.data_root)
+    rows = summarise(runs, settings.confidence, plateau)
+    costs = measure_costs(settings, [r["head"] for r in rows]) if rows else {}
+    sweep_heads = settings.sweep_heads or settings.heads
+    sweep: Dict[str, Dict[float, List[float]]] = {}
+    for (distance, head, seed), result in results.items():
+        if result is not None and head in sweep_heads and seed in settings.sweep_seeds:
+            sweep.setdefault(head, {}).setdefault(distance, []).append(result["mIoU"])
+    sweep = {h: sweep[h] for h in HEADS if h in sweep}
+    summary = dict(
+        settings={k: v for k, v in asdict(settings).items() if k != "progress"},
+        finished=sum(r is not None for r in results.values()),
+        planned=len(planned),
+        train_wall_s=round(train_wall_s, 1),
+        plateau_miou=plateau,
+        plateau_margin=PLATEAU_MARGIN,
+        errors=errors,
         rows=rows,
-        runs=runs,
+        costs=costs,
+        sweep={h: {f"{d:.2f}": v for d, v in per.items()} for h, per in sweep.items()},
+        runs=[r for r in results.values() if r is not None],
     )
-    atomic_write_json(osp.join(work_dir, "results.json"), result)
-    atomic_write_text(osp.join(work_dir, "results.md"), results_table(rows) + "\n")
-    plot_curves(runs, plot or osp.join(work_dir, "miou_curves.png"))
-    return result
+    os.makedirs(settings.work_dir, exist_ok=True)
+    atomic_write_json(osp.join(settings.work_dir, "results.json"), summary)
+    text = results_table(rows, costs, settings.cost_shape)
+    if sweep:
+        text += "\n\n" + sweep_table(sweep)
+    atomic_write_text(osp.join(settings.work_dir, "results.md"), text + "\n")
+    seeds = len(settings.seeds)
+    if rows:
+        plot_pareto(
+            rows,
+            costs,
+            osp.join(settings.work_dir, "pareto.png"),
+            f"Long-range set, distance {settings.distance:.1f}·H, {seeds} seed(s), "
+            f"{settings.max_iters} iterations; cost of the whole model at "
+            f"{settings.cost_shape[0]}x{settings.cost_shape[1]}",
+        )
+        plot_curves(runs, osp.join(settings.work_dir, "miou_curves.png"))
+    if sweep:
+        plot_sweep(
+            sweep,
+            osp.join(settings.work_dir, "sweep.png"),
+            f"Cue-object distance sweep: {len(settings.sweep_seeds)} seed(s) per point, "
+            f"{settings.max_iters} iterations",
+        )
+    return summary

@@ -20,9 +20,11 @@ but *which object class* is decided only by the cue band, which lies more than `
 away: every object pixel is at Euclidean distance ``>= min_cue_distance = ceil(0.4 * H) + 1`` from
 every cue pixel.  Objects are rendered from random numbers whose distribution does not depend on
 the class, so a local window that stays more than ``0.4 * H`` below the band holds no information
-about the class.  A per-image random colour gain (+-5 % per channel) and per-pixel Gaussian noise
-(sigma = 0.03 of the range, per channel) are applied to the whole image, so no exact colour value
-can leak from the band into the objects.  The label value 255 ("ignore") is never written.
+about the class.  (0.4 is the default ``cue_distance``; other fractions move the objects nearer
+to or farther from the band.)  A per-image random colour gain (+-5 % per channel) and per-pixel
+Gaussian noise (sigma = 0.03 of the range, per channel) are applied to the whole image, so no exact
+colour value can leak from the band into the objects.  The label value 255 ("ignore") is never
+written.
 
 Every image is generated from its own ``numpy`` Generator seeded with ``(seed, split, index)``: the
 data are byte-identical for equal parameters, and a split's content does not depend on the size of
@@ -75,6 +77,7 @@ __all__ = [
 CUE_BAND_FRACTION = 1 / 16
 MIN_CUE_DISTANCE_FRACTION = 0.4
 MIN_SIZE = 32
+MIN_OBJECT_ROWS = 8  # the smallest object is a disc of radius 3
 MANIFEST_NAME = "ann_seg_synthetic.json"
 LAYOUTS = ("cityscapes", "ade20k")
 SPLITS = ("train", "val")
@@ -138,11 +141,23 @@ class LongRangeGeometry(NamedTuple):
     min_cue_distance: int  # smallest distance between an object pixel and a cue pixel
 
 
-def long_range_geometry(size: tuple[int, int]) -> LongRangeGeometry:
-    """Cue band height and the minimum object row/distance for an image of ``size = (H, W)``."""
+def long_range_geometry(
+    size: tuple[int, int], cue_distance: float = MIN_CUE_DISTANCE_FRACTION
+) -> LongRangeGeometry:
+    """Cue band height and the minimum object row/distance for an image of ``size = (H, W)``
+    whose objects keep at least ``cue_distance * H`` rows below the cue band."""
     height, _ = _check_size(size)
+    if not 0 < cue_distance < 1:
+        raise ValueError(
+            f"cue_distance must be a fraction of the height in (0, 1), got {cue_distance!r}"
+        )
     cue_rows = max(2, round(height * CUE_BAND_FRACTION))
-    min_object_row = cue_rows + math.ceil(MIN_CUE_DISTANCE_FRACTION * height)
+    min_object_row = cue_rows + math.ceil(cue_distance * height)
+    if height - min_object_row < MIN_OBJECT_ROWS:
+        raise ValueError(
+            f"cue_distance {cue_distance!r} leaves {height - min_object_row} rows for the objects "
+            f"at height {height}; need at least {MIN_OBJECT_ROWS}"
+        )
     return LongRangeGeometry(cue_rows, min_object_row, min_object_row - (cue_rows - 1))
 
 
@@ -160,13 +175,14 @@ def render_long_range_sample(
     index: int,
     size: tuple[int, int] = (128, 256),
     num_classes: int = 4,
+    cue_distance: float = MIN_CUE_DISTANCE_FRACTION,
 ) -> SyntheticSample:
     """Render sample ``index`` of ``split`` exactly as :func:`generate_long_range_dataset` does."""
     height, width = _check_size(size)
     _check_num_classes(num_classes)
     if split not in _SPLIT_SEED_CODES:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    geometry = long_range_geometry(size)
+    geometry = long_range_geometry(size, cue_distance)
     rng = np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_SEED_CODES[split], index]))
     cue_class = int(rng.integers(1, num_classes + 1))
 
@@ -356,7 +372,10 @@ def _summary(root: str, params: dict[str, Any], generated: bool) -> dict[str, An
         "seed": params["seed"],
         "classes": metainfo["classes"],
         "palette": metainfo["palette"],
-        "geometry": long_range_geometry(tuple(params["size"]))._asdict(),
+        "cue_distance": params.get("cue_distance", MIN_CUE_DISTANCE_FRACTION),
+        "geometry": long_range_geometry(
+            tuple(params["size"]), params.get("cue_distance", MIN_CUE_DISTANCE_FRACTION)
+        )._asdict(),
         "manifest": os.path.join(root, MANIFEST_NAME),
         "generated": generated,
     }
@@ -372,6 +391,7 @@ def generate_long_range_dataset(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    cue_distance: float = MIN_CUE_DISTANCE_FRACTION,
 ) -> dict[str, Any]:
     """Write the long-range-context data set (see the module docstring) under ``root``.
 
@@ -381,7 +401,10 @@ def generate_long_range_dataset(
 
     Returns a summary: ``root``, ``layout``, per-split ``img_dir``/``ann_dir`` (mmseg
     ``data_prefix``) and ``num_samples``, file suffixes, ``reduce_zero_label``, ``classes``,
-    ``palette``, ``geometry`` and ``generated`` (False when skipped).
+    ``palette``, ``cue_distance``, ``geometry`` and ``generated`` (False when skipped).
+
+    ``cue_distance`` (a fraction of the height, 0.4 by default) is how far below the cue band the
+    objects start: the distance the context has to bridge (the head comparison sweeps it).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -399,6 +422,9 @@ def generate_long_range_dataset(
         "num_classes": int(num_classes),
         "seed": int(seed),
     }
+    if cue_distance != MIN_CUE_DISTANCE_FRACTION:  # the default keeps earlier manifests valid
+        params["cue_distance"] = float(cue_distance)
+    long_range_geometry((height, width), cue_distance)
     new_paths = _expected_paths(params)
     manifest = _read_manifest(root)
     if manifest is None:
@@ -421,7 +447,9 @@ def generate_long_range_dataset(
     bar = Progress(num_train + num_val, enabled=progress, stream=sys.stdout)
     for split, count in (("train", num_train), ("val", num_val)):
         for index in range(count):
-            sample = render_long_range_sample(seed, split, index, (height, width), num_classes)
+            sample = render_long_range_sample(
+                seed, split, index, (height, width), num_classes, cue_distance
+            )
             image_path, label_path = _sample_paths(layout, split, index)
             image_bytes, label_bytes = _encode_sample(layout, sample)
             atomic_write_bytes(os.path.join(root, image_path), image_bytes)

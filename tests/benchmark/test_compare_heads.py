@@ -1,34 +1,161 @@
-"""The head comparison at a tiny budget: table, plot, and every head learns above chance."""
+"""The context-head study: statistics against hand-computed values, every mmseg head config
+training a step on the built-in data, a tiny study end to end (table, Pareto and sweep plots),
+and resuming after a kill without retraining a finished run."""
 
 import json
+import math
+import os
+import os.path as osp
+import signal
+import subprocess
+import sys
+import time
 
+import numpy as np
 import pytest
+import torch
+from conftest import REPO
 
-pytestmark = pytest.mark.slow
+from ann_seg.benchmark.compare import StudySettings, compare_heads, trivial_miou
+from ann_seg.benchmark.stats import pareto_front, t_interval
+from ann_seg.benchmark.study_runs import HEADS, NUM_CLASSES, config_path
+from ann_seg.mmseg.synthetic import generate_long_range_dataset, render_long_range_sample
+
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def test_compare_heads_tiny_budget(tmp_path):
-    from ann_seg.benchmark.compare import HEADS, compare_heads
+def test_t_interval_against_a_hand_computed_case():
+    # 1..5: mean 3, s = sqrt(2.5), t(0.975, 4) = 2.7764 (printed tables), half-width
+    # 2.7764 * sqrt(2.5 / 5) = 1.9632
+    mean, low, high = t_interval([1, 2, 3, 4, 5])
+    assert mean == 3 and low == pytest.approx(3 - 1.9632, abs=1e-3)
+    assert high == pytest.approx(3 + 1.9632, abs=1e-3)
+    # two values 2, 4: s = sqrt(2), t(0.975, 1) = 12.706, half-width 12.706 * sqrt(2) / sqrt(2)
+    assert t_interval([2.0, 4.0])[1:] == pytest.approx((3 - 12.706, 3 + 12.706), abs=1e-2)
+    # 90 %: t(0.95, 4) = 2.1318
+    assert t_interval([1, 2, 3, 4, 5], 0.90)[2] == pytest.approx(3 + 2.1318 * 0.70711, abs=1e-3)
+    single = t_interval([7.5])
+    assert single[0] == 7.5 and math.isnan(single[1]) and math.isnan(single[2])
+    assert t_interval([4.0] * 5) == (4.0, 4.0, 4.0)
+    with pytest.raises(ValueError, match="confidence"):
+        t_interval([1, 2], confidence=95)
+    with pytest.raises(ValueError, match="at least one"):
+        t_interval([])
 
-    result = compare_heads(
-        seeds=(0,),
-        max_iters=150,
-        val_interval=75,
+
+def test_pareto_front_keeps_exactly_the_undominated_points():
+    #            cheap+bad   mid+good   dear+best  dominated  equal cost, worse
+    points = [(1.0, 10.0), (2.0, 30.0), (5.0, 40.0), (3.0, 20.0), (2.0, 25.0)]
+    assert pareto_front(points) == [0, 1, 2]
+    assert pareto_front([(1.0, 1.0)]) == [0]
+    assert pareto_front([(1.0, 5.0), (1.0, 5.0)]) == [0, 1]  # ties dominate nothing
+
+
+def test_trivial_miou_is_the_background_fraction_over_the_classes(tmp_path):
+    generate_long_range_dataset(tmp_path, num_train=1, num_val=6, size=(64, 128), progress=False)
+    labels = [render_long_range_sample(0, "val", i, (64, 128)).label for i in range(6)]
+    background = np.mean([(label == 0).mean() for label in labels])  # equal-sized maps
+    assert trivial_miou(str(tmp_path)) == pytest.approx(100 * background / NUM_CLASSES)
+
+
+MMSEG_HEADS = [name for name, head in HEADS.items() if head.source == "mmseg"]
+
+
+@pytest.mark.parametrize("head", MMSEG_HEADS)
+def test_every_mmseg_head_config_trains_a_step_on_the_built_in_data(head, cityscapes_root):
+    from mmengine.dataset import pseudo_collate
+    from mmengine.optim import build_optim_wrapper
+    from mmseg.registry import DATASETS
+
+    from ann_seg.mmseg import build_segmentor, load_config
+
+    cfg = load_config(config_path(head), {"train_dataloader.dataset.data_root": cityscapes_root})
+    assert cfg.model.pretrained is None and cfg.model.backbone.depth == 18
+    heads = cfg.model.decode_head
+    assert (heads[-1] if isinstance(heads, list) else heads).loss_decode.type == (
+        "WeightedCrossEntropyLoss"
+    )
+    torch.manual_seed(0)
+    model = build_segmentor(cfg).train()
+    dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    batch = pseudo_collate([dataset[0], dataset[1]])
+    before = [p.detach().clone() for p in model.parameters()]
+    losses = model.train_step(batch, build_optim_wrapper(model, cfg.optim_wrapper))
+    assert all(torch.isfinite(v).all() for k, v in losses.items() if "loss" in k)
+    changed = sum(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert changed > 0.9 * len(before), f"{head}: only {changed}/{len(before)} tensors stepped"
+
+
+TINY = dict(max_iters=6, val_interval=3, num_train=8, num_val=4, cost_repeat=1)
+
+
+@pytest.mark.slow
+def test_tiny_study_writes_table_pareto_and_sweep(tmp_path):
+    settings = StudySettings(
+        heads=["fcn", "ann", "psp", "ocrnet"],  # two of ours, two of mmseg's (one a cascade)
+        seeds=[0],
+        sweep_distances=[0.2, 0.4],
         data_root=str(tmp_path / "data"),
         work_dir=str(tmp_path / "work"),
-        num_train=48,
-        num_val=16,
+        cost_shape=(64, 128),
+        progress=False,
+        **TINY,
     )
-    rows = {row["head"]: row for row in result["rows"]}
-    assert set(rows) == set(HEADS)
-    table = (tmp_path / "work" / "results.md").read_text()
-    assert all(f"| {head} |" in table for head in HEADS)
-    saved = json.loads((tmp_path / "work" / "results.json").read_text())
-    assert len(saved["runs"]) == len(HEADS)
-    png = (tmp_path / "work" / "miou_curves.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    chance_macc = 100.0 / 5  # any input-independent predictor: 5 classes -> mAcc 20 %
+    result = compare_heads(settings)
+    assert result["errors"] == [] and result["finished"] == result["planned"] == 8  # 4 + 4 at 0.2
+    assert [row["head"] for row in result["rows"]] == ["fcn", "psp", "ocrnet", "ann"]
+    work = tmp_path / "work"
+    table = (work / "results.md").read_text()
+    for row in result["rows"]:
+        assert f"| {row['label']} |" in table
+        assert len(row["mIoU"]) == 1 and math.isnan(row["ci_low"])
+        cost = result["costs"][row["head"]]
+        assert cost["latency_ms"] > 0 and cost["peak_memory_mib"] > 0 and cost["params_m"] > 0.5
+    assert "d = 0.2·H" in table and "d = 0.4·H" in table
+    assert set(result["sweep"]) == {"fcn", "ann", "psp", "ocrnet"}
+    assert all(set(per) == {"0.20", "0.40"} for per in result["sweep"].values())
+    for name in ("pareto.png", "sweep.png", "miou_curves.png"):
+        data = (work / name).read_bytes()
+        assert data[:8] == PNG and len(data) > 10_000, name
     for run in result["runs"]:
-        assert [p["iter"] for p in run["curve"]] == [75, 150]
-        assert run["mAcc"] > chance_macc + 5, (run["head"], run["curve"])
-        assert run["peak_mib"] > 0 and run["train_s"] > 0
+        assert [p["iter"] for p in run["curve"]] == [3, 6]
+        assert (tmp_path / "data_d0.20").is_dir() or run["spec"]["distance"] == 0.4
+    saved = json.loads((work / "results.json").read_text())
+    assert saved["finished"] == 8 and saved["plateau_miou"] > 10
+
+
+@pytest.mark.slow
+def test_killed_study_resumes_without_retraining_a_finished_run(tmp_path):
+    args = [
+        sys.executable, osp.join(REPO, "tools", "compare_heads.py"),
+        "--heads", "fcn", "psp", "--seeds", "0", "1", "--no-sweep", "--jobs", "1",
+        "--max-iters", "4", "--val-interval", "2", "--num-train", "8", "--num-val", "4",
+        "--cost-shape", "64", "128", "--cost-repeat", "1",
+        "--data-root", str(tmp_path / "data"), "--work-dir", str(tmp_path / "work"),
+    ]  # fmt: skip
+    runs = tmp_path / "work" / "runs" / "d0.40"
+    first = runs / "fcn_seed0.json"  # the study is seed-major: fcn, psp for seed 0 first
+    proc = subprocess.Popen(args, cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the study and its worker processes, like a crash
+    proc.wait()
+    assert first.exists(), "the first run never finished"
+    finished_before = sorted(p.name for p in runs.glob("*.json"))
+    assert len(finished_before) < 4, "killed too late: every run had finished"
+    stored, mtime = first.read_bytes(), first.stat().st_mtime_ns
+    assert json.loads(stored)["spec"]["head"] == "fcn"
+
+    rerun = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"{len(finished_before)} finished earlier, {4 - len(finished_before)} to train" in (
+        rerun.stderr
+    )
+    assert first.read_bytes() == stored and first.stat().st_mtime_ns == mtime
+    assert "fcn seed 0" not in rerun.stderr  # no progress line: not trained again
+    assert sorted(p.name for p in runs.glob("*.json")) == [
+        "fcn_seed0.json", "fcn_seed1.json", "psp_seed0.json", "psp_seed1.json"
+    ]  # fmt: skip
+    assert "| FCN (local baseline) |" in rerun.stdout and "4/4 runs finished" in rerun.stdout

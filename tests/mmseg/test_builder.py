@@ -22,7 +22,7 @@ from ann_seg.mmseg.checkpoint import checkpoint_safety_installed, load_from_loca
 from ann_seg.mmseg.config import CONFIG_ROOT
 
 DEMO = "ann_seg::demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py"
-FCN = "ann_seg::compare/fcn_r18-d8_1xb8-400it_synthetic-64x128.py"
+FCN = "ann_seg::compare/fcn_r18-d8_1xb8-800it_synthetic-64x128.py"
 
 
 def test_configs_ship_inside_the_package():

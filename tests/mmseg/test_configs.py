@@ -43,10 +43,14 @@ def test_config_builds_and_runs(path):
     cfg, model = build(cfg)
     assert not any("SyncBatchNorm" in type(m).__name__ for m in model.modules())
     model.eval()
-    num_classes = cfg.model.decode_head.num_classes
+    heads = cfg.model.decode_head  # a list for mmseg's cascades (OCRNet)
+    num_classes = (heads[-1] if isinstance(heads, list) else heads).num_classes
+    meta = dict(img_shape=(67, 83), pad_shape=(67, 83), ori_shape=(67, 83))
     with torch.no_grad():
-        logits = model(torch.randn(1, 3, 67, 83), mode="tensor")
-    assert logits.shape == (1, num_classes, 9, 11)
+        features = model.extract_feat(torch.randn(1, 3, 67, 83))
+        logits = model.encode_decode(torch.randn(1, 3, 67, 83), [meta])
+    assert features[-1].shape[-2:] == (9, 11)  # output stride 8
+    assert logits.shape == (1, num_classes, 67, 83)
     assert torch.isfinite(logits).all()
 
 

@@ -1,6 +1,8 @@
 """Tests of the long-range-context synthetic data set (ann_seg.datasets.synthetic)."""
 
 import colorsys
+import json
+import math
 import os
 
 import cv2
@@ -304,3 +306,37 @@ def test_local_appearance_of_objects_carries_no_class_information(samples):
     cue_classes = np.array([sample.cue_class for sample in samples])
     image_is_train = np.arange(NUM_SAMPLES) < NUM_SAMPLES // 2
     assert _nearest_class_mean_accuracy(cue_features, cue_classes, image_is_train) == 1.0
+
+
+@pytest.mark.parametrize("cue_distance", [0.1, 0.2, 0.6])
+def test_cue_distance_moves_the_objects_and_keeps_them_that_far(cue_distance):
+    geometry = long_range_geometry(SIZE, cue_distance)
+    assert geometry.min_object_row == geometry.cue_rows + math.ceil(cue_distance * SIZE[0])
+    rows = []
+    for index in range(40):
+        sample = render_long_range_sample(0, "train", index, SIZE, NUM_CLASSES, cue_distance)
+        is_object = sample.label > 0
+        assert is_object.any()
+        not_cue = np.ones(SIZE, np.uint8)
+        not_cue[: geometry.cue_rows] = 0
+        distance = cv2.distanceTransform(not_cue, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        assert distance[is_object].min() >= geometry.min_cue_distance
+        rows.append(np.flatnonzero(is_object.any(1)).min())
+    # objects do come as near as allowed (within a few rows), not only far below it
+    assert min(rows) - geometry.min_object_row <= 3
+
+
+def test_cue_distance_default_keeps_data_and_manifest_and_others_are_refused(tmp_path):
+    default = generate_long_range_dataset(tmp_path / "a", **SMALL)
+    explicit = generate_long_range_dataset(tmp_path / "a", **SMALL, cue_distance=0.4)
+    assert default["cue_distance"] == 0.4 and not explicit["generated"]  # same manifest
+    manifest = json.loads((tmp_path / "a" / MANIFEST_NAME).read_text())
+    assert "cue_distance" not in manifest["params"]
+    near = generate_long_range_dataset(tmp_path / "b", **SMALL, cue_distance=0.1)
+    assert (
+        near["generated"]
+        and near["geometry"]["min_object_row"] < default["geometry"]["min_object_row"]
+    )
+    for bad in (0.0, 1.0, 0.9):
+        with pytest.raises(ValueError, match="cue_distance"):
+            generate_long_range_dataset(tmp_path / "c", **SMALL, cue_distance=bad)

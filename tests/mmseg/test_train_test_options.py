@@ -18,7 +18,7 @@ from ann_seg.mmseg.amp import CPUAutocastOptimWrapper
 pytestmark = pytest.mark.slow
 
 CONFIG = osp.join(CONFIGS, "ann", "ann_r50-d8_4xb2-40k_cityscapes-512x1024.py")
-FCN = "ann_seg::compare/fcn_r18-d8_1xb8-400it_synthetic-64x128.py"
+FCN = "ann_seg::compare/fcn_r18-d8_1xb8-800it_synthetic-64x128.py"
 TRAIN, TEST = osp.join(REPO, "tools", "train.py"), osp.join(REPO, "tools", "test.py")
 
 
