@@ -46,6 +46,7 @@ from .study_runs import (
 # A run "left the plateau" when its final mIoU beats that of predicting background everywhere
 # (the "everything is background" plateau, background IoU / num_classes) by this margin.
 PLATEAU_MARGIN = 5.0
+BASELINE = "fcn"  # the local head the others are compared with, seed by seed
 SWEEP_DISTANCES = (0.1, 0.2, 0.4, 0.6)
 # tools/compare_heads.py --quick: a local baseline, a pooling head, a cascade and ANN
 QUICK_PRESET = dict(
@@ -194,11 +195,29 @@ def summarise(
                 ci_high=high,
                 std=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
                 left_plateau=sum(r["mIoU"] > plateau_miou + PLATEAU_MARGIN for r in mine),
-                train_s=float(np.mean([r["train_s"] for r in mine])),
+                train_s=float(np.median([r["train_s"] for r in mine])),
                 train_peak_mib=max(r["train_peak_mib"] for r in mine),
             )
         )
+    add_paired_differences(rows, BASELINE, confidence)
     return rows
+
+
+def add_paired_differences(rows: List[dict], baseline: str, confidence: float = 0.95) -> None:
+    """``delta``/``delta_low``/``delta_high``: each head's mIoU minus the baseline's, seed by seed
+    (same seed: same initial backbone draw and data order), as a t-interval over the seeds both
+    have. Pairing removes the seed-to-seed variation the two share."""
+    base = next((r for r in rows if r["head"] == baseline), None)
+    for row in rows:
+        row["delta"] = row["delta_low"] = row["delta_high"] = math.nan
+        if base is None or row is base:
+            continue
+        base_by_seed = dict(zip(base["seeds"], base["mIoU"]))
+        diffs = [
+            v - base_by_seed[s] for s, v in zip(row["seeds"], row["mIoU"]) if s in base_by_seed
+        ]
+        if diffs:
+            row["delta"], row["delta_low"], row["delta_high"] = t_interval(diffs, confidence)
 
 
 def measure_costs(settings: StudySettings, heads: Sequence[str]) -> Dict[str, dict]:
@@ -255,9 +274,10 @@ def results_table(
         "head",
         "from",
         "mIoU mean [95% CI]",
+        f"Δ vs {HEADS[BASELINE].name} (paired) [95% CI]",
         "per seed",
         "left plateau",
-        "train s/run",
+        "train s/run (median)",
         "train-step peak (MiB)",
     ]
     if costs:
@@ -268,6 +288,12 @@ def results_table(
             row["label"],
             row["source"],
             f"{row['mean']:.1f} [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]",
+            ""
+            if math.isnan(row.get("delta", math.nan))
+            else (
+                f"{row['delta']:+.1f} [{_fmt(row['delta_low'], '{:+.1f}')}, "
+                f"{_fmt(row['delta_high'], '{:+.1f}')}]"
+            ),
             ", ".join(f"{v:.1f}" for v in row["mIoU"]),
             f"{row['left_plateau']}/{len(row['mIoU'])}",
             f"{row['train_s']:.0f}",
@@ -282,7 +308,7 @@ def results_table(
                 _fmt(cost["flops_g"], "{:.2f}"),
             ]
         body.append(line)
-    return markdown_table(header, body, align="lllllrr" + ("rrrr" if costs else ""))
+    return markdown_table(header, body, align="llllllrr" + ("rrrr" if costs else ""))
 
 
 def sweep_table(sweep: Dict[str, Dict[float, List[float]]]) -> str:

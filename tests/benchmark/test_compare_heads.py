@@ -16,7 +16,12 @@ import pytest
 import torch
 from conftest import REPO
 
-from ann_seg.benchmark.compare import StudySettings, compare_heads, trivial_miou
+from ann_seg.benchmark.compare import (
+    StudySettings,
+    add_paired_differences,
+    compare_heads,
+    trivial_miou,
+)
 from ann_seg.benchmark.stats import pareto_front, t_interval
 from ann_seg.benchmark.study_runs import HEADS, NUM_CLASSES, config_path
 from ann_seg.mmseg.synthetic import generate_long_range_dataset, render_long_range_sample
@@ -41,6 +46,21 @@ def test_t_interval_against_a_hand_computed_case():
         t_interval([1, 2], confidence=95)
     with pytest.raises(ValueError, match="at least one"):
         t_interval([])
+
+
+def test_paired_difference_to_the_baseline_against_a_hand_computed_case():
+    base = dict(head="fcn", seeds=[0, 1, 2], mIoU=[10.0, 20.0, 30.0])
+    other = dict(head="ann", seeds=[2, 0, 1], mIoU=[35.0, 12.0, 21.0])  # seed order differs
+    rows = [base, other]
+    add_paired_differences(rows, "fcn")
+    # differences by seed 2, 1, 5: mean 2.667, s = 2.0817, t(0.975, 2) = 4.3027,
+    # half-width 4.3027 * 2.0817 / sqrt(3) = 5.171
+    assert other["delta"] == pytest.approx(2.6667, abs=1e-3)
+    assert (other["delta_low"], other["delta_high"]) == pytest.approx((-2.505, 7.838), abs=2e-3)
+    assert math.isnan(base["delta"])
+    lone = [dict(head="ann", seeds=[0], mIoU=[1.0])]  # no baseline: no difference
+    add_paired_differences(lone, "fcn")
+    assert math.isnan(lone[0]["delta"])
 
 
 def test_pareto_front_keeps_exactly_the_undominated_points():
