@@ -116,6 +116,15 @@ def _step(path: str) -> int:
     return int(found.group(1)) if found else -1
 
 
+_BEST_STEP = re.compile(r"_(?:iter|epoch)_(\d+)\.pth$")
+
+
+def _best_step(path: str) -> int:
+    """The step of ``best_<key>_iter_<n>.pth`` (or ``..._epoch_<n>.pth``), else -1."""
+    found = _BEST_STEP.search(osp.basename(path))
+    return int(found.group(1)) if found else -1
+
+
 def select_resume_checkpoint(work_dir: str) -> Optional[str]:
     """The newest checkpoint of ``work_dir`` that loads, made the ``last_checkpoint`` target.
 
@@ -182,6 +191,55 @@ class AtomicCheckpointHook(CheckpointHook):
                 os.remove(path)
             if stale:
                 runner.logger.info(f"removed {len(stale)} unfinished checkpoint write(s)")
+        if getattr(runner, "_resume", False) and self.save_best is not None:
+            self._reconcile_best(runner)
+
+    def _reconcile_best(self, runner) -> None:
+        """After a resume, one best checkpoint again.
+
+        A kill between writing a new best and removing the previous one leaves two
+        ``best_*.pth``, and the resumed state may name the older one (mmengine rewrites the
+        periodic checkpoint with the new best only after writing it). Of the best files at or
+        before the resumed step (the resumed run's own past), the one whose recorded score is
+        best by the hook's rule is kept and made the hook's best; the others, and best files of
+        steps after it (a trajectory the resume discarded), are renamed ``<name>.superseded``,
+        never deleted, and so never picked as ``best_*.pth``."""
+        if len(self.key_indicators) != 1 or not is_main_process() or _is_remote(self.out_dir):
+            return
+        found = sorted(glob.glob(osp.join(self.out_dir, "best_*.pth")))
+        if len(found) < 2:
+            return
+        step = runner.epoch if self.by_epoch else runner.iter
+        key = self.key_indicators[0]
+        scored = []
+        for path in found:
+            best_step = _best_step(path)
+            score = None
+            if 0 <= best_step <= step:
+                try:
+                    info = safe_load_checkpoint(path)["message_hub"]["runtime_info"]
+                    score = float(info["best_score"])
+                except Exception:  # noqa: BLE001 - unreadable score: not a candidate
+                    score = None
+            scored.append((path, score))
+        candidates = [(p, s) for p, s in scored if s is not None]
+        if not candidates:
+            return
+        keep, best_score = candidates[0]
+        for path, score in candidates[1:]:
+            if self.is_better_than[key](score, best_score):
+                keep, best_score = path, score
+        for path, _ in scored:
+            if path != keep:
+                moved = f"{path}.superseded"
+                os.replace(path, moved)
+                runner.logger.warning(
+                    f"{osp.basename(path)} moved aside to {osp.basename(moved)}: "
+                    f"{osp.basename(keep)} is the best checkpoint ({key} {best_score:.4f})"
+                )
+        self.best_ckpt_path = keep
+        runner.message_hub.update_info("best_ckpt", keep)
+        runner.message_hub.update_info("best_score", best_score)
 
     def _remove(self, path: str) -> None:
         if self.file_backend.isfile(path):

@@ -376,6 +376,14 @@ def test_sigkill_while_saving_never_leaves_a_truncated_checkpoint(
         assert not glob.glob(osp.join(work, ".*.tmp"))
         chosen_checkpoints_load(work)
         assert safe_load_checkpoint(osp.join(work, "iter_4.pth"))["meta"]["iter"] == 4
+        # one best again: with two intact bests left (killed before the old one's removal)
+        # the resume keeps the better (RisingScore: the later) and moves the other aside
+        bests = sorted(osp.basename(p) for p in glob.glob(osp.join(work, "best_*.pth")))
+        assert len(bests) == 1, (name, bests)
+        if sum(n.startswith("best_") for n in intact) == 2:
+            assert bests == ["best_mIoU_iter_4.pth"], (name, bests)
+            assert osp.exists(osp.join(work, "best_mIoU_iter_2.pth.superseded"))
+            assert "best_mIoU_iter_2.pth moved aside to best_mIoU_iter_2.pth.superseded" in log
 
         cfg = load_config(DEMO, options, demo_work)
         final = train_to_final(cfg)
