@@ -453,12 +453,17 @@ def plot_curves(runs: Sequence[dict], path: str) -> None:
 
 
 def plan_runs(settings: StudySettings) -> List[Tuple[dict, str, str, str]]:
-    """Every run of the study, then of the sweep, as ``(spec, data_root, work_dir, json)``;
-    the study seed-major (a partial study holds whole seeds), duplicates once."""
-    keys = [(settings.distance, h, s) for s in settings.seeds for h in settings.heads]
+    """Every run as ``(spec, data_root, work_dir, json)``, seed-major: for each seed the study's
+    heads, then (for a sweep seed) the sweep's distances, so that a partial study holds whole
+    seeds of both; duplicates (the sweep at the study's distance) once."""
     sweep_heads = settings.sweep_heads or settings.heads
-    for distance in settings.sweep_distances:
-        keys += [(distance, h, s) for s in settings.sweep_seeds for h in sweep_heads]
+    seeds = list(dict.fromkeys(list(settings.seeds) + list(settings.sweep_seeds)))
+    keys = []
+    for seed in seeds:
+        if seed in settings.seeds:
+            keys += [(settings.distance, h, seed) for h in settings.heads]
+        if seed in settings.sweep_seeds:
+            keys += [(d, h, seed) for d in settings.sweep_distances for h in sweep_heads]
     planned = []
     for distance, head, seed in dict.fromkeys(keys):
         spec = run_spec(settings, head, seed, distance)
