@@ -2,10 +2,12 @@
 
 CONFIG is a path, ann_seg::<dir>/<file>.py or an mmseg name
 (mmseg::ann/ann_r101-d8_4xb2-80k_cityscapes-512x1024.py); a +fuse / +cl / +compile suffix
-measures it folded for inference / channels-last / under torch.compile. Complexity is given in
-GMAC (10^9 multiply-adds per image, forward; 1 GMAC = 2 GFLOP). All configs at a size are
-timed interleaved. Exit status 1 if a config failed to build or run (it is still reported, as
-an error row); 2 if a config file is missing or an option is wrong. See docs/benchmark.md.
+measures it folded for inference / channels-last / under torch.compile; +fast / +cp the fast
+training mode / its activation checkpointing, +withcp mmseg's own with_cp (for --mode train).
+Complexity is given in GMAC (10^9 multiply-adds per image, forward; 1 GMAC = 2 GFLOP). All
+configs at a size are timed interleaved. Exit status 1 if a config failed to build or run (it
+is still reported, as an error row); 2 if a config file is missing or an option is wrong. See
+docs/benchmark.md.
 
 Examples:
   tools/benchmark.py configs/demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py --repeat 3
@@ -13,6 +15,8 @@ Examples:
       configs/ann/ann_r101-d8_4xb2-80k_cityscapes-512x1024.py+fuse+cl \\
       --part head --shape 512 1024 --repeat 5 --warmup 1 --flop-rate --json heads.json
   tools/benchmark.py CONFIG --shapes 256 512 512 1024 --no-flops --plot latency.png
+  tools/benchmark.py mmseg::ann/ann_r101-d8_4xb2-80k_cityscapes-512x1024.py \\
+      ann_seg::ann/ann_r101-d8_4xb2-80k_cityscapes-512x1024.py+fast+cp --mode train
 """
 
 import argparse
@@ -34,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="CONFIG",
         help="config files, ann_seg:: or mmseg::<dir>/<name>.py names; append +fuse (exact "
-        "inference folding), +cl (channels-last) and/or +compile for variants",
+        "inference folding), +cl (channels-last) and/or +compile for variants; +fast (fast "
+        "training mode), +cp (its activation checkpointing), +withcp (mmseg's with_cp)",
     )
     shape = parser.add_mutually_exclusive_group()
     shape.add_argument(

@@ -6,6 +6,8 @@ Examples:
   tools/train.py ann_seg::ann/ann_r101-d8_4xb2-80k_cityscapes-512x1024.py --amp --resume
   tools/train.py CONFIG --cfg-options train_cfg.max_iters=100
   tools/train.py CONFIG --check-data     # tools/check_dataset.py first; exit 1 on problems
+  tools/train.py CONFIG --fast           # same results, fewer operations in APNB/AFNB
+  tools/train.py CONFIG --fast-checkpoint  # fast mode + activation checkpointing: less memory
 """
 
 import argparse
@@ -36,6 +38,26 @@ def parse_args(argv=None):
         help="mixed precision: float16 + loss scaling on CUDA; bfloat16 autocast on a CPU with "
         "native bf16 (AVX512-BF16/AMX); elsewhere float32, with a notice",
     )
+    fast = parser.add_mutually_exclusive_group()
+    fast.add_argument(
+        "--fast",
+        action="store_const",
+        const="on",
+        dest="fast",
+        help="fast training mode, same computation up to float rounding (default off): "
+        "APNB/AFNB output projection merged into the fusion GEMM, and on CUDA a channels-last "
+        "model and inputs; checkpoints load into the plain model (config key: custom_hooks="
+        "[dict(type='FastTrainingHook')])",
+    )
+    fast.add_argument(
+        "--fast-checkpoint",
+        action="store_const",
+        const="checkpoint",
+        dest="fast",
+        help="--fast plus exact activation checkpointing of the backbone's residual blocks "
+        "and the attention blocks: less memory, slower steps (default off)",
+    )
+    parser.set_defaults(fast="off")
     parser.add_argument(
         "--check-data",
         action="store_true",
@@ -71,6 +93,7 @@ def main(argv=None):
             launcher=args.launcher,
             verbose=args.verbose,
             check_data=args.check_data,
+            fast=args.fast,
         )
     except DataCheckError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -378,6 +378,8 @@ def plot_pareto(rows: Sequence[dict], costs: Dict[str, dict], path: str, title: 
         )
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
+    low, high = axes[0].get_ylim()  # an interval from 2 seeds can reach past 0-100 %
+    axes[0].set_ylim(max(low, 0.0), min(high, 100.0))
     axes[0].set_ylabel("val mIoU (%), mean and 95 % CI over seeds")
     axes[1].legend(fontsize=7, loc="lower right", ncol=2)
     fig.suptitle(title, fontsize=10)

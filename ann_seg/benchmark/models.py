@@ -32,7 +32,8 @@ from mmseg.structures import SegDataSample
 
 from ann_seg.inference import resolve_amp
 from ann_seg.layers import fuse_for_inference
-from ann_seg.mmseg import build_segmentor
+from ann_seg.mmseg import build_segmentor, enable_fast_training
+from ann_seg.mmseg.fast import RESIDUAL_BLOCKS
 
 from .measure import (
     MIB,
@@ -97,16 +98,22 @@ def parse_shapes(values: Optional[Sequence[int]]) -> Optional[List[Shape]]:
     return shapes
 
 
-VARIANTS = ("fuse", "cl", "compile")
+VARIANTS = ("fuse", "cl", "compile", "fast", "cp", "withcp")
 
 
 def split_variant(config: str) -> Tuple[str, Tuple[str, ...]]:
-    """``'x.py+fuse+cl'`` -> ``('x.py', ('fuse', 'cl'))``: inference variants of a config.
+    """``'x.py+fuse+cl'`` -> ``('x.py', ('fuse', 'cl'))``: variants of a config.
 
     ``fuse``: ``ann_seg.models.fuse.fuse_for_inference`` (APNB/AFNB output projections folded
     into their fusion convs, BatchNorms into convs; inference only). ``cl``: channels-last.
     ``compile``: ``torch.compile`` (inductor) of the backbone's, neck's and decode head's
     ``forward``; compilation happens in the warm-up rounds (use ``--warmup`` >= 1).
+    ``fast``: the fast training mode (``ann_seg.mmseg.enable_fast_training``: APNB/AFNB
+    ``W_o`` merged into the fusion GEMM; channels-last model and input on CUDA, or with
+    ``cl``). ``cp``: its exact activation checkpointing (residual blocks and APNB/AFNB; with or
+    without ``fast``).
+    ``withcp``: mmseg's own ``with_cp`` on the ResNet blocks (reentrant checkpointing; for
+    comparison).
     """
     path, *flags = config.split("+")
     unknown = [f for f in flags if f not in VARIANTS]
@@ -135,6 +142,19 @@ def build_benchmark_model(config: str, cfg_options: Optional[dict] = None, devic
         fuse_for_inference(model)
     if "cl" in flags:
         model.to(memory_format=torch.channels_last)
+    if "fast" in flags or "cp" in flags:
+        fast = "fast" in flags
+        # channels-last as in training (on CUDA only); +fast+cl forces it on the CPU
+        enable_fast_training(
+            model,
+            channels_last=None if fast else False,
+            factored_fusion=fast,
+            checkpoint="cp" in flags,
+        )
+    if "withcp" in flags:
+        for module in model.modules():
+            if isinstance(module, RESIDUAL_BLOCKS):
+                module.with_cp = True
     if "compile" in flags:
         for name in ("backbone", "neck", "decode_head"):
             module = getattr(model, name, None)
@@ -250,6 +270,13 @@ def make_part_step(
         raise ValueError("the +fuse variant folds BatchNorms: inference only (--mode infer)")
     model.train(train)
     memory_format = torch.channels_last if "cl" in variant else torch.contiguous_format
+    # +fast converts the images itself (the backbone's input hook: its cost is timed); head
+    # features come channels-last out of its backbone
+    fast_channels_last = "fast" in variant and any(
+        p.is_contiguous(memory_format=torch.channels_last) and p.dim() == 4
+        for p in model.parameters()
+    )
+    feature_format = torch.channels_last if fast_channels_last else memory_format
     autocast = (
         torch.autocast(device.split(":")[0], dtype=settings.amp_dtype)
         if settings.amp
@@ -263,7 +290,7 @@ def make_part_step(
 
     if part == "head":
         feats = [
-            torch.randn(s, device=device).contiguous(memory_format=memory_format)
+            torch.randn(s, device=device).contiguous(memory_format=feature_format)
             for s in feature_shapes(model, shape, batch)
         ]
         module, flops_inputs = _HeadForward(model.decode_head), tuple(f[:1] for f in feats)

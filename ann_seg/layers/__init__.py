@@ -3,8 +3,8 @@ import-linter enforces it).
 
 ``attend`` (the attention core), samplers (pyramid pooling, max pool, identity),
 ``AsymmetricAttention``, ``APNB``, ``AFNB``, ``NonLocalBlock``, ``CGNLBlock``, the fusion
-shared by APNB/AFNB, exact inference folding (``fold``), conv/norm helpers (``conv``) and the
-torch-version helpers (``compat``).
+shared by APNB/AFNB, exact inference folding (``fold``), exact activation checkpointing
+(``checkpointing``), conv/norm helpers (``conv``) and the torch-version helpers (``compat``).
 """
 
 from .afnb import AFNB
@@ -12,6 +12,7 @@ from .apnb import APNB
 from .asymmetric import AsymmetricAttention
 from .attention import attend
 from .cgnl import CGNLBlock, cgnl_kernel
+from .checkpointing import is_activation_checkpointed, set_activation_checkpointing
 from .conv import ConvNormAct
 from .fold import fold_attention_blocks, fold_batch_norms, fold_conv_bn, fuse_for_inference
 from .fusion import AttentionFusionBlock, FoldedFusion
@@ -44,4 +45,6 @@ __all__ = [
     "fold_batch_norms",
     "fold_conv_bn",
     "fuse_for_inference",
+    "is_activation_checkpointed",
+    "set_activation_checkpointing",
 ]

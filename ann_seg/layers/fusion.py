@@ -51,15 +51,44 @@ class AttentionFusionBlock(nn.Module):
     fuse: nn.Module
     fusion: str
     folded: bool = False
+    # the fast training mode's form of the same computation (see ``_factored_fusion``)
+    factored_fusion: bool = False
 
     def _fused_output(self, x: torch.Tensor, x_kv: Optional[torch.Tensor] = None):
         if self.folded:
             out = self.fuse(self.attention.tokens(x, x_kv), x)
+        elif self.factored_fusion:
+            out = self._factored_fusion(x, x_kv)
         else:
             context = self.attention(x, x_kv)
             fused = torch.cat([context, x], 1) if self.fusion == "concat" else x + context
             out = self.fuse(fused)
         return self.dropout(out)
+
+    def _factored_fusion(self, x: torch.Tensor, x_kv: Optional[torch.Tensor] = None):
+        """``fuse(W_o O, X)`` with the same parameters and the same math, in fewer operations
+        (training too): nothing lies between ``W_o`` and the fusion conv, so ``W_f [W_o O + b_o;
+        X] = (W_fa W_o) O + W_fb X + W_fa b_o`` (``add``: ``W_fa = W_fb = W_f``). The product
+        ``W_fa W_o`` (``C_out x C_v``) is formed in the autograd graph once per call, and the
+        block skips ``W_o``'s ``C_a``-channel output, the concatenation and the ``C_a``
+        columns of the fusion GEMM: per position ``C_out (C_v + C_in)`` multiply-adds instead
+        of ``C_a C_v + C_out (C_a + C_in)`` (AFNB: 4.7 M instead of 8.9 M). Equal to the
+        plain path up to float rounding; gradients reach ``W_o``, ``b_o`` and ``W_f``."""
+        out_proj, conv = self.attention.out_proj, self.fuse.conv
+        w_out = out_proj.weight.flatten(1)  # (C_a, C_v)
+        w_fuse = conv.weight.flatten(1)  # (C_out, fuse_in)
+        attn_out = w_out.shape[0]
+        w_a = w_fuse[:, :attn_out]
+        w_x = w_fuse[:, attn_out:] if self.fusion == "concat" else w_fuse
+        bias = w_a @ out_proj.bias
+        if conv.bias is not None:
+            bias = bias + conv.bias
+        out = fused_linear(self.attention.tokens(x, x_kv), x, w_a @ w_out, w_x, bias)
+        for name in ("norm", "act"):
+            layer = getattr(self.fuse, name, None)
+            if layer is not None:
+                out = layer(out)
+        return out
 
     @torch.no_grad()
     def fold_(self) -> "AttentionFusionBlock":
@@ -117,29 +146,40 @@ class FoldedFusion(nn.Module):
         self.act = nn.Identity() if act is None else act
 
     def forward(self, context: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, *spatial = x.shape
-        out_channels = self.bias.shape[0]
-        tokens = x.movedim(1, -1)
-        if tokens.is_contiguous():  # channels-last: one GEMM over all B N positions
-            out = torch.addmm(self.bias, tokens.reshape(-1, channels), self.input_weight.t())
-            out = out.addmm_(
-                context.reshape(-1, context.shape[-1]).to(out.dtype),
-                self.context_weight.to(out.dtype).t(),
-            )
-            out = out.view(batch, *spatial, out_channels).movedim(-1, 1)
-        else:
-            out = torch.baddbmm(
-                self.bias[:, None],
-                self.input_weight.expand(batch, -1, -1),
-                x.reshape(batch, channels, -1),
-            )
-            out = out.baddbmm_(
-                self.context_weight.to(out.dtype).expand(batch, -1, -1),
-                context.to(out.dtype).transpose(1, 2),
-            )
-            out = out.view(batch, out_channels, *spatial)
-        return self.act(out)
+        return self.act(fused_linear(context, x, self.context_weight, self.input_weight, self.bias))
 
     def extra_repr(self) -> str:
         out_channels, value_channels = self.context_weight.shape
         return f"context={value_channels}, input={self.input_weight.shape[1]}, out={out_channels}"
+
+
+def fused_linear(
+    context: torch.Tensor,
+    x: torch.Tensor,
+    context_weight: torch.Tensor,
+    input_weight: torch.Tensor,
+    bias: torch.Tensor,
+) -> torch.Tensor:
+    """``W_c O + W_x X + b`` per position, as two accumulating GEMMs (no concatenation).
+
+    ``context`` ``O`` in the attention's token layout ``(B, N, C_v)``, ``x`` ``(B, C_in, *S)``;
+    ``context_weight (C_out, C_v)``, ``input_weight (C_out, C_in)``, ``bias (C_out,)``. With a
+    channels-last ``x`` both are row-major ``(B N, C)`` matrices and the output is written
+    channels-last; otherwise it is contiguous. Differentiable. Shape: ``-> (B, C_out, *S)``.
+    """
+    batch, channels, *spatial = x.shape
+    out_channels = bias.shape[0]
+    tokens = x.movedim(1, -1)
+    if tokens.is_contiguous():  # channels-last: one GEMM over all B N positions
+        out = torch.addmm(bias, tokens.reshape(-1, channels), input_weight.t())
+        out = out.addmm_(
+            context.reshape(-1, context.shape[-1]).to(out.dtype), context_weight.to(out.dtype).t()
+        )
+        return out.view(batch, *spatial, out_channels).movedim(-1, 1)
+    out = torch.baddbmm(
+        bias[:, None], input_weight.expand(batch, -1, -1), x.reshape(batch, channels, -1)
+    )
+    out = out.baddbmm_(
+        context_weight.to(out.dtype).expand(batch, -1, -1), context.to(out.dtype).transpose(1, 2)
+    )
+    return out.view(batch, out_channels, *spatial)

@@ -151,7 +151,13 @@ class PyramidPoolingSampler(nn.Module):
             matrix = self.traceable_pooling_matrix(x.shape[2:], x.dtype, x.device)
         else:
             matrix = self.pooling_matrix(x.shape[2:], x.dtype, x.device)
-        return torch.matmul(x.flatten(2), matrix.t())
+        flat = x.flatten(2)
+        if not flat.is_contiguous() and flat.transpose(1, 2).is_contiguous():
+            # channels-last: pool the (B, N, C) token matrix where it lies (no copy of x; a
+            # (B, C, N) view would be copied to fold its batch); the result is the same
+            # (B, C, S) values, as a view of a (B, S, C) tensor (the layout attention reads)
+            return torch.matmul(matrix, flat.transpose(1, 2)).transpose(1, 2)
+        return torch.matmul(flat, matrix.t())
 
     def extra_repr(self) -> str:
         return f"pool_sizes={self.pool_sizes}"

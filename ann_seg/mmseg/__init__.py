@@ -6,10 +6,11 @@ one segmentor builder, ``checkpoint`` the weights-only checkpoint safety, ``conf
 packaged configs, ``runner`` train/test through mmengine's Runner, ``synthetic`` the built-in
 data set's generator. Registered for the configs as well: ``hooks`` (``AtomicCheckpointHook``,
 ``SkippedSamplesHook``), ``transforms`` (``LoadImageOrSkip``, ``LoadAnnotationsOrSkip``),
-``losses`` (``WeightedCrossEntropyLoss``); ``data_check`` scans a config's data sets.
+``losses`` (``WeightedCrossEntropyLoss``), ``fast`` (``FastTrainingHook``: the fast training
+mode, ``enable_fast_training``); ``data_check`` scans a config's data sets.
 """
 
-from . import datasets, heads, hooks, losses, transforms  # noqa: F401  (register in mmseg)
+from . import datasets, fast, heads, hooks, losses, transforms  # noqa: F401  (register in mmseg)
 from .builder import ModelLoadError, build_segmentor, load_weights, resolve_dataset_meta
 from .checkpoint import (
     CorruptCheckpointError,
@@ -20,6 +21,7 @@ from .checkpoint import (
 )
 from .config import load_config, packaged_config
 from .data_check import DataCheckError, check_dataset, format_report
+from .fast import FastTrainingHook, enable_fast_training, enable_fast_training_cfg
 from .hooks import (
     AtomicCheckpointHook,
     SkippedSamplesHook,
@@ -33,6 +35,7 @@ __all__ = [
     "AtomicCheckpointHook",
     "CorruptCheckpointError",
     "DataCheckError",
+    "FastTrainingHook",
     "LoadAnnotationsOrSkip",
     "LoadImageOrSkip",
     "ModelLoadError",
@@ -41,6 +44,8 @@ __all__ = [
     "WeightedCrossEntropyLoss",
     "build_segmentor",
     "check_dataset",
+    "enable_fast_training",
+    "enable_fast_training_cfg",
     "checkpoint_loads",
     "format_report",
     "install_checkpoint_safety",

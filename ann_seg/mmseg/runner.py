@@ -27,6 +27,7 @@ from . import amp as _amp  # noqa: F401  (registers CPUAutocastOptimWrapper)
 from .builder import load_weights
 from .config import ConfigError, ConfigLike, load_config, replace_sync_bn
 from .data_check import DataCheckError, check_dataset, format_report
+from .fast import enable_fast_training_cfg
 
 
 def setup_launcher(cfg: Config, launcher: str = "none") -> Config:
@@ -111,10 +112,13 @@ def train(
     launcher: str = "none",
     verbose: bool = True,
     check_data: bool = False,
+    fast: str = "off",
 ):
     """Train as ``mmseg``'s ``tools/train.py``; returns the trained model. ``check_data``:
     first scan the train and val sets (``check_dataset``), print the report, and raise
-    ``DataCheckError`` without training if it found problems."""
+    ``DataCheckError`` without training if it found problems. ``fast``: ``'off'``, ``'on'``
+    (the fast training mode: ``ann_seg.mmseg.fast``) or ``'checkpoint'`` (fast mode with exact
+    activation checkpointing); added as the config's ``FastTrainingHook``."""
     cfg = load_config(config, cfg_options, work_dir)
     if check_data:
         splits = [s for s in ("train", "val") if cfg.get(f"{s}_dataloader")]
@@ -128,6 +132,7 @@ def train(
     setup_launcher(cfg, launcher)
     if amp:
         enable_amp(cfg)
+    enable_fast_training_cfg(cfg, fast)
     cfg.resume = resume
     runner = build_runner(cfg, verbose)
     return runner.train()
