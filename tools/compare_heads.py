@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-sweep", action="store_true", help="skip the distance sweep")
     parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: tables and plots of the runs finished so far (a study in progress)",
+    )
+    parser.add_argument(
         "--sweep-heads",
         nargs="+",
         choices=list(HEADS),
@@ -138,7 +143,7 @@ def main(argv=None) -> int:
         cost_shape=tuple(args.cost_shape),
         cost_repeat=args.cost_repeat,
     )
-    result = compare_heads(settings)
+    result = compare_heads(settings, train=not args.report_only)
     print(results_table(result["rows"], result["costs"], settings.cost_shape))
     print(
         f"\n{result['finished']}/{result['planned']} runs finished; results, plots: "

@@ -281,7 +281,7 @@ def results_table(
         "train-step peak (MiB)",
     ]
     if costs:
-        header += [f"latency (ms){shape}", f"peak (MiB){shape}", "params (M)", f"GFLOPs{shape}"]
+        header += [f"latency (ms){shape}", f"peak (MiB){shape}", "params (M)", f"GMAC{shape}"]
     body = []
     for row in rows:
         line = [
@@ -474,9 +474,10 @@ def plan_runs(settings: StudySettings) -> List[Tuple[dict, str, str, str]]:
     return planned
 
 
-def compare_heads(settings: StudySettings) -> dict:
-    """Train what is not finished, then write ``results.json``, ``results.md``,
-    ``pareto.png``, ``sweep.png`` and ``miou_curves.png`` under the work dir."""
+def compare_heads(settings: StudySettings, train: bool = True) -> dict:
+    """Train what is not finished (``train=False``: nothing, a report of what is), then write
+    ``results.json``, ``results.md``, ``pareto.png``, ``sweep.png`` and ``miou_curves.png``
+    under the work dir."""
     planned = plan_runs(settings)
     for distance in dict.fromkeys(spec["distance"] for spec, *_ in planned):
         generate_long_range_dataset(
@@ -489,7 +490,18 @@ def compare_heads(settings: StudySettings) -> dict:
             cue_distance=distance,
         )
     todo = [p for p in planned if load_finished(p[3], p[0]) is None]
-    if settings.progress:
+    if not train:
+        if settings.progress:
+            print(
+                f"{len(planned)} runs planned, {len(planned) - len(todo)} finished; "
+                "reporting those, training none",
+                file=sys.stderr,
+                flush=True,
+            )
+        todo_to_train = []
+    else:
+        todo_to_train = todo
+    if train and settings.progress:
         print(
             f"{len(planned)} runs planned, {len(planned) - len(todo)} finished earlier, "
             f"{len(todo)} to train ({settings.jobs} at a time, {settings.threads_per_job} "
@@ -498,7 +510,7 @@ def compare_heads(settings: StudySettings) -> dict:
             flush=True,
         )
     start = time.perf_counter()
-    errors = _run_all(settings, todo)
+    errors = _run_all(settings, todo_to_train)
     train_wall_s = time.perf_counter() - start
     results = {
         (p[0]["distance"], p[0]["head"], p[0]["seed"]): load_finished(p[3], p[0]) for p in planned

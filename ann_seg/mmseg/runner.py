@@ -30,6 +30,14 @@ from .data_check import DataCheckError, check_dataset, format_report
 from .fast import enable_fast_training_cfg
 
 
+def end_process_group() -> None:
+    """Destroy the process group a distributed run used: left to the interpreter's exit, gloo's
+    threads can abort a rank ("terminate called without an active exception", exit -6)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def setup_launcher(cfg: Config, launcher: str = "none") -> Config:
     """Set ``cfg.launcher``; for ``pytorch`` without CUDA, start the gloo process group from
     torchrun's environment and configure DDP and BN for the CPU."""
@@ -135,7 +143,9 @@ def train(
     enable_fast_training_cfg(cfg, fast)
     cfg.resume = resume
     runner = build_runner(cfg, verbose)
-    return runner.train()
+    model = runner.train()
+    end_process_group()
+    return model
 
 
 def _trigger_visualization(cfg: Config, show_dir: str, interval: int) -> str:
@@ -207,6 +217,7 @@ def test(
         model = getattr(runner.model, "module", runner.model)  # DDP / TTA wrappers
         load_weights(model, checkpoint, config=config)
     metrics = runner.test()
+    end_process_group()
     if show_dir:
         print_log(f"painted predictions: {show_dir}", logger="current")
     return metrics
