@@ -78,7 +78,17 @@ def test_trivial_miou_is_the_background_fraction_over_the_classes(tmp_path):
     assert trivial_miou(str(tmp_path)) == pytest.approx(100 * background / NUM_CLASSES)
 
 
-MMSEG_HEADS = [name for name, head in HEADS.items() if head.source == "mmseg"]
+TORCH = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+# mmseg 1.2.2's DNLHead divides its pairwise weight in place (dnl_head.py, embedded_gaussian),
+# which torch 2.1's autograd refuses in backward; torch 2.13's accepts it
+DNL_ON_OLD_TORCH = pytest.mark.xfail(
+    TORCH < (2, 2), raises=RuntimeError, reason="mmseg's in-place division in DNLHead", strict=True
+)
+MMSEG_HEADS = [
+    pytest.param(name, marks=DNL_ON_OLD_TORCH) if name == "dnl" else name
+    for name, head in HEADS.items()
+    if head.source == "mmseg"
+]
 
 
 @pytest.mark.parametrize("head", MMSEG_HEADS)
