@@ -544,13 +544,14 @@ def compare_heads(settings: StudySettings, train: bool = True) -> dict:
     if sweep:
         text += "\n\n" + sweep_table(sweep)
     atomic_write_text(osp.join(settings.work_dir, "results.md"), text + "\n")
-    seeds = len(settings.seeds)
+    counts = sorted({len(row["mIoU"]) for row in rows})
+    seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}" if counts else "0"
     if rows:
         plot_pareto(
             rows,
             costs,
             osp.join(settings.work_dir, "pareto.png"),
-            f"Long-range set, distance {settings.distance:.1f}·H, {seeds} seed(s), "
+            f"Long-range set, distance {settings.distance:.1f}·H, {seeds} seed(s) per head, "
             f"{settings.max_iters} iterations; cost of the whole model at "
             f"{settings.cost_shape[0]}x{settings.cost_shape[1]}",
         )
