@@ -90,14 +90,30 @@ def load_finished(path: str, spec: dict) -> Optional[dict]:
             result = json.load(f)
     except (OSError, ValueError):
         return None  # absent, or unreadable: train again
-    return result if result.get("spec") == spec and result.get("curve") else None
+    if result.get("spec") != spec or not result.get("curve"):
+        return None
+    result["curve"] = last_attempt(result["curve"])
+    return result
+
+
+def last_attempt(curve: List[Dict[str, float]]) -> List[Dict[str, float]]:
+    """The validations of the last training attempt: a run killed and trained again in the same
+    work dir left its first attempt's points in front (results stored before ``read_curve``
+    read only the newest attempt)."""
+    start = 0
+    for i in range(1, len(curve)):
+        if curve[i]["iter"] <= curve[i - 1]["iter"]:
+            start = i
+    return curve[start:]
 
 
 def read_curve(work_dir: str) -> List[Dict[str, float]]:
-    """``[{'iter': i, 'mIoU': m, 'mAcc': a, 'aAcc': p}, ...]`` from the run's validation
-    scalars (the ``scalars.json`` of mmengine's ``LocalVisBackend``)."""
+    """``[{'iter': i, 'mIoU': m, 'mAcc': a, 'aAcc': p}, ...]`` from the validation scalars of
+    the newest training in ``work_dir`` (the ``scalars.json`` of mmengine's ``LocalVisBackend``;
+    a killed earlier attempt in the same folder is ignored)."""
     curve = []
-    for path in sorted(glob.glob(osp.join(work_dir, "*", "vis_data", "scalars.json"))):
+    attempts = sorted(glob.glob(osp.join(work_dir, "*", "vis_data", "scalars.json")))
+    for path in attempts[-1:]:  # mmengine's timestamped folders: the newest is this training
         with open(path) as f:
             for line in f:
                 record = json.loads(line)

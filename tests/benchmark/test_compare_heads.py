@@ -189,3 +189,11 @@ def test_killed_study_resumes_without_retraining_a_finished_run(tmp_path):
         "fcn_seed0.json", "fcn_seed1.json", "psp_seed0.json", "psp_seed1.json"
     ]  # fmt: skip
     assert "| FCN (local baseline) |" in rerun.stdout and "4/4 runs finished" in rerun.stdout
+
+
+def test_a_killed_first_attempt_is_dropped_from_the_curve():
+    from ann_seg.benchmark.study_runs import last_attempt
+
+    points = [{"iter": i, "mIoU": float(i)} for i in (100, 200, 100, 200, 300)]
+    assert [p["iter"] for p in last_attempt(points)] == [100, 200, 300]
+    assert last_attempt(points[2:]) == points[2:]
