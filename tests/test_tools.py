@@ -236,9 +236,9 @@ def test_infer_refuses_a_mistyped_cfg_option_naming_key_and_suggestion(image_dir
 
 def test_bad_values_are_usage_errors(tmp_path, capsys):
     tool = load_tool("benchmark")
-    assert cli.run(tool.main, [DEMO_CONFIG + "+fast", "--no-progress"]) == 2
+    assert cli.run(tool.main, [DEMO_CONFIG + "+turbo", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: unknown variant(s) ['fast']"), err
+    assert err.startswith("error: unknown variant(s) ['turbo']"), err
     tool = load_tool("make_synthetic_data")
     assert cli.run(tool.main, [str(tmp_path / "d"), "--size", "8", "8"]) == 2
     assert "size must be at least" in capsys.readouterr().err
