@@ -106,6 +106,30 @@ def as_cli(options):
     return [f"{key}={fmt(value)}" for key, value in options.items()]
 
 
+def tiny_demo_options(data_root, max_iters=2):
+    """The demo config in seconds: ``max_iters`` iterations, one validation and checkpoint at
+    the end, loss logged every iteration, 2-image batches without loader workers."""
+    options = {
+        "train_cfg.max_iters": max_iters,
+        "train_cfg.val_interval": max_iters,
+        "default_hooks.checkpoint.interval": max_iters,
+        "default_hooks.logger.interval": 1,
+        "param_scheduler.0.end": 1,
+        "param_scheduler.1.begin": 1,
+        "param_scheduler.1.end": max_iters,
+    }
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        options.update(
+            {
+                f"{loader}.batch_size": 2,
+                f"{loader}.num_workers": 0,
+                f"{loader}.persistent_workers": False,
+                f"{loader}.dataset.data_root": data_root,
+            }
+        )
+    return options
+
+
 def run_tool(args, cwd, timeout=600, env=None):
     """Run a Python tool in a fresh interpreter; returns the CompletedProcess (text)."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, REPO, as_cli
+from conftest import CONFIGS, REPO, as_cli, tiny_demo_options
 
 from ann_seg import cli
 from ann_seg.benchmark.blocks import PAPER, paper_lines, ratio_words
@@ -342,35 +342,13 @@ def test_dist_scripts_pick_venv_then_python_env_then_path(tmp_path):
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
 
-def _tiny_demo_options(data_root, max_iters=2):
-    options = {
-        "train_cfg.max_iters": max_iters,
-        "train_cfg.val_interval": max_iters,
-        "default_hooks.checkpoint.interval": max_iters,
-        "default_hooks.logger.interval": 1,
-        "param_scheduler.0.end": 1,
-        "param_scheduler.1.begin": 1,
-        "param_scheduler.1.end": max_iters,
-    }
-    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        options.update(
-            {
-                f"{loader}.batch_size": 2,
-                f"{loader}.num_workers": 0,
-                f"{loader}.persistent_workers": False,
-                f"{loader}.dataset.data_root": data_root,
-            }
-        )
-    return options
-
-
 @pytest.mark.slow
 def test_dist_train_and_test_with_a_foreign_python_on_path(cityscapes_root, tmp_path):
     """``python`` on PATH is a fake that exits 3: the scripts must run the repo's .venv."""
     if not osp.isfile(osp.join(REPO, ".venv", "bin", "python")):
         pytest.skip("no .venv in the repository (run bash scripts/setup.sh)")
     fake = _fake_python(tmp_path / "bin", 3)
-    options = as_cli(_tiny_demo_options(cityscapes_root))
+    options = as_cli(tiny_demo_options(cityscapes_root))
     env = _dist_env(fake.parent, PORT="29647", PYTHONUNBUFFERED="1")
     work = tmp_path / "work"
     proc = subprocess.run(

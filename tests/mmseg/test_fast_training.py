@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 import torch.nn as nn
-from conftest import CONFIGS, REPO, as_cli, randomize_, run_tool
+from conftest import CONFIGS, REPO, as_cli, randomize_, run_tool, tiny_demo_options
 
 from ann_seg.benchmark.models import build_benchmark_model, split_variant
 from ann_seg.layers import APNB, AttentionFusionBlock, is_activation_checkpointed
@@ -239,27 +239,8 @@ def tiny_data(tmp_path_factory):
 
 
 def demo_options(data_root, max_iters):
-    """The demo config on 64x128 images, batch 2, no workers, loss logged every iteration."""
-    options = {
-        "model.data_preprocessor.size": SHAPE,
-        "train_cfg.max_iters": max_iters,
-        "train_cfg.val_interval": max_iters,
-        "default_hooks.checkpoint.interval": max_iters,
-        "default_hooks.logger.interval": 1,
-        "param_scheduler.0.end": 1,
-        "param_scheduler.1.begin": 1,
-        "param_scheduler.1.end": max_iters,
-    }
-    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        options.update(
-            {
-                f"{loader}.batch_size": 2,
-                f"{loader}.num_workers": 0,
-                f"{loader}.persistent_workers": False,
-                f"{loader}.dataset.data_root": data_root,
-            }
-        )
-    return options
+    """The tiny demo run on 64x128 images."""
+    return dict(tiny_demo_options(data_root, max_iters), **{"model.data_preprocessor.size": SHAPE})
 
 
 def train_log(tmp_path, name, data_root, max_iters, *flags):
