@@ -490,27 +490,17 @@ def compare_heads(settings: StudySettings, train: bool = True) -> dict:
             cue_distance=distance,
         )
     todo = [p for p in planned if load_finished(p[3], p[0]) is None]
-    if not train:
-        if settings.progress:
-            print(
-                f"{len(planned)} runs planned, {len(planned) - len(todo)} finished; "
-                "reporting those, training none",
-                file=sys.stderr,
-                flush=True,
-            )
-        todo_to_train = []
-    else:
-        todo_to_train = todo
-    if train and settings.progress:
-        print(
-            f"{len(planned)} runs planned, {len(planned) - len(todo)} finished earlier, "
-            f"{len(todo)} to train ({settings.jobs} at a time, {settings.threads_per_job} "
-            f"thread(s) each)",
-            file=sys.stderr,
-            flush=True,
+    if settings.progress:
+        finished = len(planned) - len(todo)
+        plan = (
+            f"{finished} finished earlier, {len(todo)} to train ({settings.jobs} at a time, "
+            f"{settings.threads_per_job} thread(s) each)"
+            if train
+            else f"{finished} finished; reporting those, training none"
         )
+        print(f"{len(planned)} runs planned, {plan}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    errors = _run_all(settings, todo_to_train)
+    errors = _run_all(settings, todo if train else [])
     train_wall_s = time.perf_counter() - start
     results = {
         (p[0]["distance"], p[0]["head"], p[0]["seed"]): load_finished(p[3], p[0]) for p in planned
