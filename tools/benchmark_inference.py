@@ -20,6 +20,11 @@ images/s, cost per image over the first and last 10 %, labels against the sequen
 (INPUT is not used; CHECKPOINT defaults to random):
   tools/benchmark_inference.py configs/demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py \\
       --throughput --images 1000 --threads 2 --json throughput.json
+
+--throughput --scaling N ...: the same for growing folders (tools/infer.py and 2 ranks only),
+the cost per image along each folder as a figure:
+  tools/benchmark_inference.py configs/demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py \
+      --throughput --scaling 1000 5000 20000 --threads 2 --plot docs/folder_scaling.png
 """
 
 import argparse
@@ -37,8 +42,12 @@ from ann_seg.benchmark.inference_modes import (
 from ann_seg.benchmark.report import write_json
 from ann_seg.benchmark.throughput import (
     DEFAULT_IMAGES,
+    SCALING_COUNTS,
     describe_throughput,
+    plot_scaling,
+    run_scaling,
     run_throughput,
+    scaling_table,
     throughput_table,
 )
 from ann_seg.inference.threads import add_threads_argument, choose_threads
@@ -65,6 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_IMAGES,
         help=f"--throughput: generated images (default {DEFAULT_IMAGES}; e.g. 5000, 20000)",
+    )
+    parser.add_argument(
+        "--scaling",
+        nargs="+",
+        type=int,
+        metavar="N",
+        help="--throughput: instead of the five modes, tools/infer.py and the 2-rank run on "
+        f"generated folders of N images each (e.g. {' '.join(map(str, SCALING_COUNTS))}): does "
+        "the cost per image stay flat as the folder grows?",
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="--throughput --scaling: the cost per image along each folder, as a figure",
     )
     parser.add_argument(
         "--rounds", type=int, default=1, help="--throughput: runs of every mode (default 1)"
@@ -99,6 +122,8 @@ def throughput(args) -> int:
         print("error: --cfg-options is not supported with --throughput", file=sys.stderr)
         return cli.USAGE_ERROR
     tools_dir = osp.dirname(osp.abspath(__file__))
+    if args.scaling:
+        return scaling(args, tools_dir)
     with tempfile.TemporaryDirectory(prefix="ann_seg_throughput_") as scratch:
         result = run_throughput(
             args.config,
@@ -113,6 +138,33 @@ def throughput(args) -> int:
     print(describe_throughput(result))
     print()
     print(throughput_table(result))
+    if args.json:
+        write_json(args.json, result)
+    return 1 if any("error" in row for row in result["rows"]) else 0
+
+
+def scaling(args, tools_dir: str) -> int:
+    with tempfile.TemporaryDirectory(prefix="ann_seg_scaling_") as scratch:
+        result = run_scaling(
+            args.config,
+            tools_dir,
+            args.work_dir or scratch,
+            counts=args.scaling,
+            threads=choose_threads(args.threads),
+            checkpoint=args.checkpoint or "random",
+            progress=not args.no_progress,
+        )
+    meta = result["meta"]
+    print(
+        f"generated {meta['image_size']} PNGs, {meta['config']} with {meta['checkpoint']} "
+        f"weights, CPU {meta['cpu']} ({meta['cpu_count']} cores, load average "
+        f"{meta['load_average']} before, {meta['load_average_end']} after)"
+    )
+    print()
+    print(scaling_table(result))
+    if args.plot:
+        plot_scaling(result, args.plot)
+        print(f"plot: {args.plot}")
     if args.json:
         write_json(args.json, result)
     return 1 if any("error" in row for row in result["rows"]) else 0

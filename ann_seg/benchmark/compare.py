@@ -31,6 +31,7 @@ from ann_seg.io import atomic_write_json, atomic_write_text, markdown_table, sav
 from ann_seg.mmseg.synthetic import MIN_CUE_DISTANCE_FRACTION, generate_long_range_dataset
 
 from .models import BenchmarkSettings, benchmark_configs
+from .report import pyplot
 from .stats import pareto_front, t_interval
 from .study_runs import (
     DATA_SIZE,
@@ -325,17 +326,8 @@ def sweep_table(sweep: Dict[str, Dict[float, List[float]]]) -> str:
 # --------------------------------------------------------------------------- figures
 
 
-def _pyplot():
-    import matplotlib  # optional heavy dependency, only for the figures
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _colours(heads: Sequence[str]) -> Dict[str, tuple]:
-    plt = _pyplot()
+    plt = pyplot()
     cmap = plt.get_cmap("tab20")
     return {h: cmap(i % 20) for i, h in enumerate(HEADS) if h in heads}
 
@@ -343,7 +335,7 @@ def _colours(heads: Sequence[str]) -> Dict[str, tuple]:
 def plot_pareto(rows: Sequence[dict], costs: Dict[str, dict], path: str, title: str) -> None:
     """mIoU (mean, 95 % CI bars) against inference latency and against peak memory; the Pareto
     front (no head both cheaper and better) drawn through."""
-    plt = _pyplot()
+    plt = pyplot()
     colours = _colours([r["head"] for r in rows])
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), dpi=100, sharey=True)
     for ax, key, xlabel in (
@@ -390,7 +382,7 @@ def plot_pareto(rows: Sequence[dict], costs: Dict[str, dict], path: str, title: 
 
 def plot_sweep(sweep: Dict[str, Dict[float, List[float]]], path: str, title: str) -> None:
     """mIoU of each head against the cue distance (mean over the sweep seeds; bars: min-max)."""
-    plt = _pyplot()
+    plt = pyplot()
     colours = _colours(list(sweep))
     fig, ax = plt.subplots(figsize=(8, 5.2), dpi=100)
     for head, per in sweep.items():
@@ -423,7 +415,7 @@ def plot_sweep(sweep: Dict[str, Dict[float, List[float]]], path: str, title: str
 
 def plot_curves(runs: Sequence[dict], path: str) -> None:
     """Validation mIoU against iterations: mean over seeds per head, band min-max."""
-    plt = _pyplot()
+    plt = pyplot()
     heads = [h for h in HEADS if any(r["spec"]["head"] == h for r in runs)]
     colours = _colours(heads)
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)

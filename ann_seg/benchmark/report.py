@@ -138,12 +138,19 @@ def settings_line(settings, meta: Dict[str, Any]) -> str:
     )
 
 
-def plot_latency_memory(rows: List[Dict[str, Any]], path: str, title: str = "") -> None:
-    """Two panels, median latency and peak memory against input pixels, a line per config."""
-    import matplotlib  # optional heavy dependency, only for plots
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
+    import matplotlib  # optional heavy dependency, only for the figures
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_latency_memory(rows: List[Dict[str, Any]], path: str, title: str = "") -> None:
+    """Two panels, median latency and peak memory against input pixels, a line per config."""
+    plt = pyplot()
 
     series: Dict[str, List[Dict[str, Any]]] = {}
     for row in rows:

@@ -35,13 +35,13 @@ from mmseg.apis import MMSegInferencer
 from PIL import Image
 
 from ann_seg.inference.journal import read_journals
-from ann_seg.io import Progress, markdown_table, read_label_png
+from ann_seg.io import Progress, markdown_table, read_label_png, save_figure
 from ann_seg.mmseg import load_config
 from ann_seg.mmseg.synthetic import render_long_range_sample
 
 from .inference_modes import load_model
 from .measure import format_error
-from .report import environment
+from .report import environment, pyplot
 
 DEFAULT_IMAGES = 1000
 IMAGE_SIZE = (64, 128)
@@ -338,3 +338,142 @@ def describe_throughput(result: Dict[str, Any]) -> str:
         "loaded to the last image written; wall: the whole command (MMSegInferencer: in this "
         "process, without an interpreter start; it also writes vis/ renderings)."
     )
+
+
+SCALING_COUNTS = (1000, 5000, 20000)
+SCALING_POINTS = 50  # cost-per-image points along each folder in the scaling plot
+
+
+def cost_curve(ready: float, times: Sequence[float], points: int = SCALING_POINTS) -> List[List]:
+    """``[[images_done, ms_per_image], ...]``: the cost per image over ``points`` consecutive
+    equal slices of the folder (finish times in any order; the first slice counted from
+    ``ready``)."""
+    times = sorted(times)
+    step = max(1, len(times) // points)
+    curve, previous = [], ready
+    for end in range(step, len(times) + 1, step):
+        curve.append([end, (times[end - 1] - previous) / step * 1e3])
+        previous = times[end - 1]
+    return curve
+
+
+def _finish_times(out_dir: str) -> Dict[str, Any]:
+    state = read_journals(out_dir)
+    ready = min(r["started"] + r["load_model_s"] for r in state.ranks.values())
+    times = [e["time"] for e in state.current.values() if e["status"] == "done"]
+    return dict(ready=ready, times=times)
+
+
+def scaling_modes(threads: int) -> List[Mode]:
+    """The modes measured against the folder size: ``tools/infer.py`` as it is and the
+    fastest layout on this machine, ``threads`` single-thread ranks."""
+    return [m for m in default_modes(threads) if m.name == REFERENCE or (m.ranks or 0) > 1]
+
+
+def run_scaling(
+    config: str,
+    tools_dir: str,
+    work_dir: str,
+    counts: Sequence[int] = SCALING_COUNTS,
+    threads: int = 2,
+    checkpoint: str = "random",
+    progress: bool = True,
+    port: int = 29560,
+) -> Dict[str, Any]:
+    """Segment generated folders of each size in ``counts`` with :func:`scaling_modes`
+    (outputs written); per (mode, size) the figures of :func:`run_throughput`'s rows and the
+    :func:`cost_curve`. Does the cost per image stay flat as the folder grows?"""
+    if threads < 1 or not counts or min(counts) < CHUNKS:
+        raise ValueError(f"need threads >= 1 and counts >= {CHUNKS}, got {threads}, {counts}")
+    start_env = environment("cpu")
+    os.makedirs(work_dir, exist_ok=True)
+    if checkpoint == "random":
+        checkpoint = save_random_checkpoint(config, osp.join(work_dir, "random.pth"))
+    modes = scaling_modes(threads)
+    rows: List[Dict[str, Any]] = []
+    bar = Progress(len(counts) * len(modes), enabled=progress)
+    for count in counts:
+        folder = osp.join(work_dir, f"images_{count}")
+        make_images(folder, count)
+        for mode in modes:
+            out_dir = osp.join(work_dir, "out", f"scaling_{count}_{modes.index(mode)}")
+            shutil.rmtree(out_dir, ignore_errors=True)
+            row: Dict[str, Any] = {"mode": mode.name, "images": count}
+            command = _command(mode, tools_dir, config, checkpoint, folder, out_dir)
+            row["command"] = " ".join(_short(c) for c in command)
+            env = _tool_env(tools_dir, port + len(rows))
+            try:
+                row.update(_run_tool(command, out_dir, count, env))
+                finished = _finish_times(out_dir)
+                row["curve"] = cost_curve(finished["ready"], finished["times"])
+            except Exception as error:  # reported in its row; the other runs go on
+                row["error"] = format_error(error)
+            rows.append(row)
+            shutil.rmtree(out_dir, ignore_errors=True)  # 20k outputs: keep the disk flat
+            bar.update()
+    bar.close()
+    meta = dict(
+        start_env,
+        load_average_end=environment("cpu")["load_average"],
+        counts=list(counts),
+        image_size=f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}",
+        config=str(config),
+        checkpoint="random (seeded, saved for every run)",
+        work_dir=work_dir,
+    )
+    return dict(meta=meta, rows=rows)
+
+
+def scaling_table(result: Dict[str, Any]) -> str:
+    """Markdown table of ``run_scaling``'s rows."""
+    header = ["mode", "images", "img/s", "wall s", "ms/img first 10 %", "ms/img last 10 %"]
+    header.append("last / first")
+    body = []
+    for row in result["rows"]:
+        if "img_s" not in row:
+            body.append([row["mode"], str(row["images"]), "-", "-", "-", "-", row["error"]])
+            continue
+        body.append(
+            [
+                row["mode"],
+                str(row["images"]),
+                f"{row['img_s']:.1f}",
+                f"{row['wall_s']:.1f}",
+                f"{row['first_ms']:.1f}",
+                f"{row['last_ms']:.1f}",
+                f"{row['last_ms'] / row['first_ms']:.2f}",
+            ]
+        )
+    return markdown_table(header, body, align="lrrrrrr")
+
+
+def plot_scaling(result: Dict[str, Any], path: str) -> None:
+    """Cost per image along the folder, one line per (mode, folder size), as a PNG."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.8), dpi=100)
+    counts = result["meta"]["counts"]
+    colours = {count: f"C{i}" for i, count in enumerate(counts)}
+    styles = ["-", "--", ":", "-."]
+    modes = list(dict.fromkeys(row["mode"] for row in result["rows"]))
+    for row in result["rows"]:
+        if not row.get("curve"):
+            continue
+        done, cost = zip(*row["curve"])
+        ax.plot(
+            done,
+            cost,
+            styles[modes.index(row["mode"]) % len(styles)],
+            color=colours[row["images"]],
+            label=f"{row['mode']}, {row['images']} images ({row['img_s']:.0f} img/s)",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("images finished (log scale)")
+    ax.set_ylabel(f"ms per image (folder in {SCALING_POINTS} slices)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    meta = result["meta"]
+    ax.set_title(f"Folder inference cost per image against folder size ({meta['cpu']})", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
