@@ -11,12 +11,15 @@ measured per-run times; with other work on the cores a run took up to 560 s).
 
 Each finished (distance, head, seed) run is stored under WORK_DIR/runs/; running the same
 command again trains only what is missing (a killed study loses only the runs in flight).
-Outputs: WORK_DIR/results.md, results.json, pareto.png, sweep.png, miou_curves.png.
+Outputs: WORK_DIR/results.md, results.json, pareto.png, sweep.png, miou_curves.png. The sweep
+reports every finished run of the study's seeds at its distances (seeds added to one point by an
+earlier invocation included; the study's own distance with all its seeds).
 
 Examples:
   tools/compare_heads.py                       # full study: 15 heads x 5 seeds + sweep
   tools/compare_heads.py --quick               # 4 heads x 2 seeds + a 3-point sweep
   tools/compare_heads.py --heads fcn ann --seeds 0 1 --no-sweep
+  tools/compare_heads.py --sweep-distances 0.6 --sweep-seeds 1 2   # 2 more seeds at 0.6·H
   tools/compare_heads.py --heads fcn ann --seeds 0 --max-iters 4 --val-interval 2 \\
       --num-train 8 --num-val 4 --sweep-distances 0.2 --cost-shape 64 128 \\
       --data-root /tmp/cmp_data --work-dir /tmp/cmp   # seconds
@@ -77,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="heads of the sweep (default: the study's)",
     )
     parser.add_argument(
-        "--sweep-seeds", nargs="+", type=int, default=[0], help="seeds of the sweep (default 0)"
+        "--sweep-seeds", nargs="+", type=int, default=[0], help="seeds the sweep trains (default 0)"
     )
     parser.add_argument(
         "--jobs",

@@ -313,13 +313,18 @@ def results_table(
 
 
 def sweep_table(sweep: Dict[str, Dict[float, List[float]]]) -> str:
-    """Markdown table: one row per head, mean mIoU (over the sweep seeds) per distance."""
+    """Markdown table: one row per head, mean mIoU per distance over its seeds (their number
+    in brackets where it is not 1; n/a: no finished run)."""
     distances = sorted({d for per_head in sweep.values() for d in per_head})
     header = ["head"] + [f"d = {d:.1f}·H" for d in distances]
-    body = [
-        [HEADS[h].label] + [_fmt(float(np.mean(per[d])) if per.get(d) else None) for d in distances]
-        for h, per in sweep.items()
-    ]
+
+    def cell(values: Optional[List[float]]) -> str:
+        if not values:
+            return _fmt(None)
+        mean = _fmt(float(np.mean(values)))
+        return mean if len(values) == 1 else f"{mean} ({len(values)})"
+
+    body = [[HEADS[h].label] + [cell(per.get(d)) for d in distances] for h, per in sweep.items()]
     return markdown_table(header, body, align="l" + "r" * len(distances))
 
 
@@ -466,6 +471,36 @@ def plan_runs(settings: StudySettings) -> List[Tuple[dict, str, str, str]]:
     return planned
 
 
+def sweep_results(
+    settings: StudySettings, results: Dict[Tuple[float, str, int], Optional[dict]]
+) -> Dict[str, Dict[float, List[float]]]:
+    """mIoU per sweep head and distance over every finished run of the study's seeds: the
+    planned ones in ``results``, and those of seeds beyond ``sweep_seeds`` stored in the work
+    dir by an earlier invocation (``--sweep-distances 0.6 --sweep-seeds 1 2`` adds seeds to one
+    point); at the study's own distance, its ``seeds``."""
+    seeds = list(dict.fromkeys(list(settings.sweep_seeds) + list(settings.seeds)))
+    sweep: Dict[str, Dict[float, List[float]]] = {}
+    for head in [h for h in HEADS if h in (settings.sweep_heads or settings.heads)]:
+        for distance in sorted(set(settings.sweep_distances)):
+            for seed in seeds:
+                if distance == settings.distance and seed not in settings.seeds:
+                    continue
+                key = (distance, head, seed)
+                if key in results:
+                    result = results[key]
+                else:
+                    path = run_paths(settings, head, seed, distance)[0]
+                    result = load_finished(path, run_spec(settings, head, seed, distance))
+                if result is not None:
+                    sweep.setdefault(head, {}).setdefault(distance, []).append(result["mIoU"])
+    return sweep
+
+
+def _seed_counts(sweep: Dict[str, Dict[float, List[float]]]) -> str:
+    counts = sorted({len(v) for per in sweep.values() for v in per.values()})
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+
+
 def compare_heads(settings: StudySettings, train: bool = True) -> dict:
     """Train what is not finished (``train=False``: nothing, a report of what is), then write
     ``results.json``, ``results.md``, ``pareto.png``, ``sweep.png`` and ``miou_curves.png``
@@ -501,12 +536,7 @@ def compare_heads(settings: StudySettings, train: bool = True) -> dict:
     plateau = trivial_miou(settings.data_root)
     rows = summarise(runs, settings.confidence, plateau)
     costs = measure_costs(settings, [r["head"] for r in rows]) if rows else {}
-    sweep_heads = settings.sweep_heads or settings.heads
-    sweep: Dict[str, Dict[float, List[float]]] = {}
-    for (distance, head, seed), result in results.items():
-        if result is not None and head in sweep_heads and seed in settings.sweep_seeds:
-            sweep.setdefault(head, {}).setdefault(distance, []).append(result["mIoU"])
-    sweep = {h: sweep[h] for h in HEADS if h in sweep}
+    sweep = sweep_results(settings, results) if settings.sweep_distances else {}
     summary = dict(
         settings={k: v for k, v in asdict(settings).items() if k != "progress"},
         finished=sum(r is not None for r in results.values()),
@@ -542,7 +572,7 @@ def compare_heads(settings: StudySettings, train: bool = True) -> dict:
         plot_sweep(
             sweep,
             osp.join(settings.work_dir, "sweep.png"),
-            f"Cue-object distance sweep: {len(settings.sweep_seeds)} seed(s) per point, "
+            f"Cue-object distance sweep: {_seed_counts(sweep)} seed(s) per point, "
             f"{settings.max_iters} iterations",
         )
     return summary

@@ -20,10 +20,13 @@ from ann_seg.benchmark.compare import (
     StudySettings,
     add_paired_differences,
     compare_heads,
+    run_paths,
+    sweep_results,
+    sweep_table,
     trivial_miou,
 )
 from ann_seg.benchmark.stats import pareto_front, t_interval
-from ann_seg.benchmark.study_runs import HEADS, NUM_CLASSES, config_path
+from ann_seg.benchmark.study_runs import HEADS, NUM_CLASSES, config_path, run_spec
 from ann_seg.mmseg.synthetic import generate_long_range_dataset, render_long_range_sample
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -46,6 +49,44 @@ def test_t_interval_against_a_hand_computed_case():
         t_interval([1, 2], confidence=95)
     with pytest.raises(ValueError, match="at least one"):
         t_interval([])
+
+
+def test_sweep_takes_every_finished_run_of_the_study_seeds(tmp_path):
+    settings = StudySettings(
+        heads=["fcn", "ann"],
+        seeds=[0, 1, 2],
+        sweep_distances=[0.2, 0.4, 0.6],
+        sweep_seeds=[0],
+        work_dir=str(tmp_path),
+    )
+
+    def store(head, seed, distance, miou, spec_change=None):
+        spec = dict(run_spec(settings, head, seed, distance), **(spec_change or {}))
+        path = run_paths(settings, head, seed, distance)[0]
+        os.makedirs(osp.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(dict(spec=spec, mIoU=miou, curve=[dict(iter=1, mIoU=miou)]), f)
+
+    store("fcn", 1, 0.6, 30.0)  # stored by an earlier --sweep-seeds 1 2 invocation
+    store("fcn", 2, 0.6, 40.0)
+    store("fcn", 3, 0.6, 99.0)  # not one of the study's seeds: left out
+    store("ann", 1, 0.6, 90.0, spec_change=dict(max_iters=4))  # another recipe: left out
+    store("ann", 5, 0.4, 99.0)  # the study's distance takes the study's seeds only
+    planned = {
+        (0.2, "fcn", 0): dict(mIoU=80.0),
+        (0.6, "fcn", 0): dict(mIoU=20.0),
+        (0.6, "ann", 0): None,  # not finished
+        (0.4, "fcn", 0): dict(mIoU=70.0),
+        (0.4, "fcn", 1): dict(mIoU=72.0),
+        (0.4, "ann", 2): dict(mIoU=74.0),
+    }
+    sweep = sweep_results(settings, planned)
+    assert sweep == {
+        "fcn": {0.2: [80.0], 0.4: [70.0, 72.0], 0.6: [20.0, 30.0, 40.0]},
+        "ann": {0.4: [74.0]},
+    }
+    table = sweep_table(sweep)
+    assert "| 80.0 | 71.0 (2) | 30.0 (3) |" in table and "| n/a | 74.0 | n/a |" in table
 
 
 def test_paired_difference_to_the_baseline_against_a_hand_computed_case():
