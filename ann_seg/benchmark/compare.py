@@ -174,8 +174,8 @@ def trivial_miou(data_root: str) -> float:
 def summarise(
     runs: Sequence[dict], confidence: float = 0.95, plateau_miou: float = 0.0
 ) -> List[dict]:
-    """One row per head (in ``HEADS`` order): mIoU mean, t-interval, per seed, plateau fraction,
-    train time and train-step peak."""
+    """One row per head (in ``HEADS`` order): mIoU mean, t-interval, median (robust to the one
+    seed of five that stalls), per seed, plateau fraction, train time and train-step peak."""
     rows = []
     for head in [h for h in HEADS if any(r["spec"]["head"] == h for r in runs)]:
         mine = sorted(
@@ -192,6 +192,7 @@ def summarise(
                 seeds=[r["spec"]["seed"] for r in mine],
                 mIoU=values,
                 mean=mean,
+                median=float(np.median(values)),
                 ci_low=low,
                 ci_high=high,
                 std=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
@@ -275,6 +276,7 @@ def results_table(
         "head",
         "from",
         "mIoU mean [95% CI]",
+        "median",
         f"Δ vs {HEADS[BASELINE].name} (paired) [95% CI]",
         "per seed",
         "left plateau",
@@ -289,6 +291,7 @@ def results_table(
             row["label"],
             row["source"],
             f"{row['mean']:.1f} [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]",
+            f"{row['median']:.1f}",
             ""
             if math.isnan(row.get("delta", math.nan))
             else (
@@ -309,7 +312,7 @@ def results_table(
                 _fmt(cost["flops_g"], "{:.2f}"),
             ]
         body.append(line)
-    return markdown_table(header, body, align="llllllrr" + ("rrrr" if costs else ""))
+    return markdown_table(header, body, align="llrllllrr" + ("rrrr" if costs else ""))
 
 
 def sweep_table(sweep: Dict[str, Dict[float, List[float]]]) -> str:

@@ -20,7 +20,9 @@ from ann_seg.benchmark.compare import (
     StudySettings,
     add_paired_differences,
     compare_heads,
+    results_table,
     run_paths,
+    summarise,
     sweep_results,
     sweep_table,
     trivial_miou,
@@ -87,6 +89,28 @@ def test_sweep_takes_every_finished_run_of_the_study_seeds(tmp_path):
     }
     table = sweep_table(sweep)
     assert "| 80.0 | 71.0 (2) | 30.0 (3) |" in table and "| n/a | 74.0 | n/a |" in table
+
+
+def test_summary_rows_by_hand():
+    def run(head, seed, miou):
+        return dict(
+            spec=dict(head=head, seed=seed),
+            mIoU=miou,
+            train_s=10.0 + seed,
+            train_peak_mib=20.0 + seed,
+        )
+
+    runs = [run("ann", 2, 79.0), run("ann", 0, 21.0), run("ann", 1, 80.0), run("fcn", 0, 50.0)]
+    rows = summarise(runs, plateau_miou=19.0)
+    assert [r["head"] for r in rows] == ["fcn", "ann"]  # HEADS order
+    ann = rows[1]
+    assert ann["seeds"] == [0, 1, 2] and ann["mIoU"] == [21.0, 80.0, 79.0]
+    # mean 60, median 79 (the stalled seed pulls the mean only); 21 <= 19 + 5: on the plateau
+    assert ann["mean"] == pytest.approx(60.0) and ann["median"] == 79.0
+    assert ann["left_plateau"] == 2 and ann["train_s"] == 11.0 and ann["train_peak_mib"] == 22.0
+    assert ann["delta"] == -29.0  # one seed shared with fcn: 21 - 50, no interval
+    line = next(x for x in results_table(rows).splitlines() if x.startswith("| ANN (ours"))
+    assert "| 60.0 [" in line and "| 79.0 | -29.0 [n/a, n/a] | 21.0, 80.0, 79.0 | 2/3 |" in line
 
 
 def test_paired_difference_to_the_baseline_against_a_hand_computed_case():
