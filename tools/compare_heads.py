@@ -4,10 +4,10 @@ with the same backbone, data, loss, schedule and seeds; a table of mIoU with 95 
 intervals, plateau escapes, training time and the inference cost of each model, a Pareto plot,
 and a sweep over the distance between the cue band and the objects.
 
-Time on a 2-core CPU: one run (800 iterations, 400 images of 64x128) takes about 165-180 s with
-1 thread while another run shares the machine (--jobs 2), so the full study (120 runs) needs about
-2 h 50 min of an otherwise idle machine and --quick (16 runs) about 25 min (estimates from the
-measured per-run times; with other work on the cores a run took up to 560 s).
+Time on a 2-core CPU (measured on an Intel Xeon): one run (800 iterations, 400 images of 64x128)
+takes 117-193 s with 1 thread while another run shares the machine (--jobs 2); the full study
+(120 runs) took 3 h 23 min of training, --quick (16 runs) about 20-25 min (estimated from
+the per-run times).
 
 Each finished (distance, head, seed) run is stored under WORK_DIR/runs/; running the same
 command again trains only what is missing (a killed study loses only the runs in flight).
