@@ -23,8 +23,13 @@ images/s, cost per image over the first and last 10 %, labels against the sequen
 
 --throughput --scaling N ...: the same for growing folders (tools/infer.py and 2 ranks only),
 the cost per image along each folder as a figure:
-  tools/benchmark_inference.py configs/demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py \
+  tools/benchmark_inference.py configs/demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py \\
       --throughput --scaling 1000 5000 20000 --threads 2 --plot docs/folder_scaling.png
+
+--throughput --loader-grid: tools/infer.py over --grid-workers x --grid-batch-sizes (default
+0 1 2 x 1 4 8), what DataLoader workers and batching do on this machine:
+  tools/benchmark_inference.py configs/demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py \\
+      --throughput --loader-grid --images 1000 --rounds 2 --threads 2
 """
 
 import argparse
@@ -42,8 +47,11 @@ from ann_seg.benchmark.inference_modes import (
 from ann_seg.benchmark.report import write_json
 from ann_seg.benchmark.throughput import (
     DEFAULT_IMAGES,
+    GRID_BATCH_SIZES,
+    GRID_WORKERS,
     SCALING_COUNTS,
     describe_throughput,
+    loader_grid_modes,
     plot_scaling,
     run_scaling,
     run_throughput,
@@ -85,6 +93,28 @@ def build_parser() -> argparse.ArgumentParser:
         "the cost per image stay flat as the folder grows?",
     )
     parser.add_argument(
+        "--loader-grid",
+        action="store_true",
+        help="--throughput: instead of the five modes, tools/infer.py over every pair of "
+        "--grid-workers x --grid-batch-sizes: what the DataLoader workers and batching do",
+    )
+    parser.add_argument(
+        "--grid-workers",
+        nargs="+",
+        type=int,
+        default=list(GRID_WORKERS),
+        metavar="W",
+        help=f"--loader-grid: --workers values (default {' '.join(map(str, GRID_WORKERS))})",
+    )
+    parser.add_argument(
+        "--grid-batch-sizes",
+        nargs="+",
+        type=int,
+        default=list(GRID_BATCH_SIZES),
+        metavar="B",
+        help=f"--loader-grid: --batch-size values (default {' '.join(map(str, GRID_BATCH_SIZES))})",
+    )
+    parser.add_argument(
         "--plot",
         metavar="PNG",
         help="--throughput --scaling: the cost per image along each folder, as a figure",
@@ -122,18 +152,30 @@ def throughput(args) -> int:
         print("error: --cfg-options is not supported with --throughput", file=sys.stderr)
         return cli.USAGE_ERROR
     tools_dir = osp.dirname(osp.abspath(__file__))
+    if args.scaling and args.loader_grid:
+        print("error: --scaling and --loader-grid are two different runs", file=sys.stderr)
+        return cli.USAGE_ERROR
     if args.scaling:
         return scaling(args, tools_dir)
+    threads = choose_threads(args.threads)
+    modes = None
+    if args.loader_grid:
+        try:
+            modes = loader_grid_modes(threads, args.grid_workers, args.grid_batch_sizes)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return cli.USAGE_ERROR
     with tempfile.TemporaryDirectory(prefix="ann_seg_throughput_") as scratch:
         result = run_throughput(
             args.config,
             tools_dir,
             args.work_dir or scratch,
             count=args.images,
-            threads=choose_threads(args.threads),
+            threads=threads,
             rounds=args.rounds,
             checkpoint=args.checkpoint or "random",
             progress=not args.no_progress,
+            modes=modes,
         )
     print(describe_throughput(result))
     print()

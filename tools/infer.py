@@ -65,14 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=int,
         default=1,
-        help="images per forward (consecutive images of equal size; default 1)",
+        help="images per forward (consecutive images of equal size; default 1); on a 2-core "
+        "CPU, 8 segmented small images 2.45x faster than 1 (README, Large folders)",
     )
     parser.add_argument(
         "--workers",
         type=int,
         default=0,
         help="DataLoader processes that read and preprocess while the model runs and threads "
-        "write (the pipelined loop; same labels); default 0: the sequential loop",
+        "write (the pipelined loop; same labels); default 0: the sequential loop, faster "
+        "where the model runs on the same few CPU cores",
     )
     parser.add_argument(
         "--device",

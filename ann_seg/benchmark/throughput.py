@@ -9,6 +9,9 @@ seeded random weights (saved as a checkpoint) in each mode:
 * ``pipelined``: ``tools/infer.py --workers 2 --batch-size 4``;
 * ``2 ranks x 1 thread`` and ``1 rank x 2 threads``: ``tools/dist_infer.sh`` (torchrun).
 
+Or (``loader_grid_modes``) ``tools/infer.py`` over a grid of ``--workers`` x ``--batch-size``,
+workers 0 and batch 1 being the sequential loop, to measure what each knob does.
+
 Ours run as subprocesses (their own interpreter and thread settings). Per mode: images/s
 over the steady part (from the moment the model was loaded, on the first rank ready, to
 the last image written, from the journals' timestamps), the wall time including the start,
@@ -73,6 +76,32 @@ def default_modes(threads: int) -> List[Mode]:
         ),
         Mode(f"2 ranks x {half} thread(s)", half, ranks=2),
         Mode(f"1 rank x {threads} thread(s)", threads, ranks=1),
+    ]
+
+
+GRID_WORKERS = (0, 1, 2)
+GRID_BATCH_SIZES = (1, 4, 8)
+
+
+def loader_grid_modes(
+    threads: int,
+    workers: Sequence[int] = GRID_WORKERS,
+    batch_sizes: Sequence[int] = GRID_BATCH_SIZES,
+) -> List[Mode]:
+    """``tools/infer.py`` with every ``--workers`` x ``--batch-size`` pair; ``(0, 1)`` (always
+    included, first) is the sequential loop, the reference of the label comparison."""
+    if any(w < 0 for w in workers) or any(b < 1 for b in batch_sizes):
+        raise ValueError(f"need workers >= 0 and batch sizes >= 1, got {workers} and {batch_sizes}")
+    pairs = [(0, 1)] + [(w, b) for w in workers for b in batch_sizes if (w, b) != (0, 1)]
+    return [
+        Mode(REFERENCE, threads)
+        if (w, b) == (0, 1)
+        else Mode(
+            f"workers {w}, batch {b}",
+            threads,
+            args=("--workers", str(w), "--batch-size", str(b)),
+        )
+        for w, b in pairs
     ]
 
 
@@ -218,10 +247,12 @@ def run_throughput(
     checkpoint: str = "random",
     progress: bool = True,
     port: int = 29530,
+    modes: Optional[List[Mode]] = None,
 ) -> Dict[str, Any]:
-    """Segment ``count`` generated images in every mode, ``rounds`` times (the order rotated
-    per round; figures: the median over rounds); outputs under ``work_dir``. Returns ``rows``
-    (one per mode) and ``meta``. A mode that fails keeps its error in its row."""
+    """Segment ``count`` generated images in every mode (default ``default_modes(threads)``),
+    ``rounds`` times (the order rotated per round; figures: the median over rounds); outputs
+    under ``work_dir``. Returns ``rows`` (one per mode) and ``meta``. A mode that fails keeps
+    its error in its row."""
     if rounds < 1 or threads < 1:
         raise ValueError(f"need rounds >= 1 and threads >= 1, got {rounds} and {threads}")
     for tool in ("infer.py", "dist_infer.sh"):
@@ -232,7 +263,7 @@ def run_throughput(
     paths = make_images(folder, count)
     if checkpoint == "random":
         checkpoint = save_random_checkpoint(config, osp.join(work_dir, "random.pth"))
-    modes = default_modes(threads)
+    modes = default_modes(threads) if modes is None else modes
     figures: Dict[str, List[Dict[str, Any]]] = {m.name: [] for m in modes}
     errors: Dict[str, str] = {}
     labels: Dict[str, List[np.ndarray]] = {}

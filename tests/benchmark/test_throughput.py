@@ -15,6 +15,7 @@ from ann_seg.benchmark.throughput import (
     REFERENCE,
     cost_curve,
     decile_costs,
+    loader_grid_modes,
     run_throughput,
     throughput_table,
 )
@@ -78,3 +79,41 @@ def test_scaling_cli_writes_table_plot_and_curves(tmp_path):
     # the 30-image folder's outputs are removed after each run, its images kept
     assert not (tmp_path / "work" / "out" / "scaling_30_0").exists()
     assert len(list((tmp_path / "work" / "images_30").iterdir())) == 30
+
+
+def test_loader_grid_modes_start_with_the_sequential_loop():
+    modes = loader_grid_modes(2, workers=[2, 0], batch_sizes=[4, 1])
+    assert modes[0].name == REFERENCE and tuple(modes[0].args) == ()
+    assert [tuple(m.args) for m in modes[1:]] == [
+        ("--workers", "2", "--batch-size", "4"),
+        ("--workers", "2", "--batch-size", "1"),
+        ("--workers", "0", "--batch-size", "4"),
+    ]
+    assert all(m.threads == 2 and m.ranks is None for m in modes)
+    with pytest.raises(ValueError, match="batch sizes >= 1"):
+        loader_grid_modes(2, workers=[0], batch_sizes=[0])
+
+
+@pytest.mark.slow
+def test_loader_grid_cli_runs_every_pair_with_identical_labels(tmp_path):
+    out = tmp_path / "grid.json"
+    command = [sys.executable, osp.join(TOOLS, "benchmark_inference.py"), DEMO, "--throughput"]
+    command += ["--loader-grid", "--grid-workers", "0", "1", "--grid-batch-sizes", "1", "3"]
+    command += ["--images", "11", "--threads", "1", "--no-progress", "--json", str(out)]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["mode"] for r in rows] == [
+        REFERENCE,
+        "workers 0, batch 3",
+        "workers 1, batch 1",
+        "workers 1, batch 3",
+    ]
+    for row in rows:  # 11 images in batches of 3: a short last batch, same labels
+        assert "error" not in row, row
+        assert row["images_differing"] == 0 and row["pixel_agreement"] == 1.0, row["mode"]
+    assert "--workers 1 --batch-size 3" in rows[3]["command"]
+    bad = subprocess.run(
+        command[:4] + ["--loader-grid", "--scaling", "10"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "--scaling and --loader-grid" in bad.stderr

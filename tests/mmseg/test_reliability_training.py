@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, REPO, as_cli
+from conftest import CONFIGS, REPO, as_cli, tiny_demo_options
 
 from ann_seg.mmseg import hooks as hooks_module
 from ann_seg.mmseg.checkpoint import CorruptCheckpointError, safe_load_checkpoint
@@ -240,28 +240,17 @@ KILL_POINTS = [
 
 
 def demo_options(data_root, max_iters=4):
-    """The demo config at the test data's size, 2-image batches, 4 iterations, a best per
-    validation."""
-    options = {
-        "model.data_preprocessor.size": (64, 128),
-        "train_cfg.max_iters": max_iters,
-        "train_cfg.val_interval": 2,
-        "default_hooks.checkpoint.interval": 2,
-        "default_hooks.logger.interval": 1,
-        "param_scheduler.0.end": 1,
-        "param_scheduler.1.begin": 1,
-        "param_scheduler.1.end": max_iters,
-        "val_evaluator.type": "RisingScore",  # registered by the helpers' sitecustomize
-    }
-    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        options.update(
-            {
-                f"{loader}.batch_size": 2,
-                f"{loader}.num_workers": 0,
-                f"{loader}.persistent_workers": False,
-                f"{loader}.dataset.data_root": data_root,
-            }
-        )
+    """``tiny_demo_options`` at the test data's size, validated and saved every 2 of 4
+    iterations, each validation a new best."""
+    options = tiny_demo_options(data_root, max_iters)
+    options.update(
+        {
+            "model.data_preprocessor.size": (64, 128),
+            "train_cfg.val_interval": 2,
+            "default_hooks.checkpoint.interval": 2,
+            "val_evaluator.type": "RisingScore",  # registered by the helpers' sitecustomize
+        }
+    )
     return options
 
 
