@@ -193,16 +193,19 @@ def compute_attention_maps(
     return results
 
 
-def plot_attention_maps(
+COLORBAR_LABEL = "attention per pixel (map sums to 1)"
+
+
+def attention_figure(
     image_rgb: np.ndarray,
     points: Sequence[Tuple[int, int]],
     blocks: Sequence[BlockAttention],
     levels: bool = False,
     panel_inches: float = 2.6,
-    dpi: int = 100,
-) -> bytes:
-    """PNG bytes: one row per point, one column per block (plus one per pyramid level with
-    ``levels``); heat maps over the image, the query point marked."""
+):
+    """A matplotlib figure: one row per point, one column per block (plus one per pyramid
+    level with ``levels``); heat maps over the image with their colour bars (attention weight
+    per image pixel, from 0 to the panel's maximum), the query point marked."""
     import matplotlib  # optional heavy dependency, only for the figure
 
     matplotlib.use("Agg", force=False)
@@ -218,14 +221,24 @@ def plot_attention_maps(
         len(points),
         len(columns),
         squeeze=False,
-        figsize=(panel_inches * len(columns), panel_inches * height / width * len(points) + 0.4),
+        figsize=(
+            (panel_inches + 0.6) * len(columns),
+            panel_inches * height / width * len(points) + 0.5,
+        ),
     )
     for row, (x, y) in enumerate(points):
         for col, (block, level) in enumerate(columns):
             ax = axes[row, col]
             heat = block.maps[row] if level is None else block.level_maps[row, level]
             ax.imshow(image_rgb)
-            ax.imshow(heat, cmap="inferno", alpha=0.65, vmin=0.0, vmax=max(heat.max(), 1e-12))
+            shown = ax.imshow(
+                heat, cmap="inferno", alpha=0.65, vmin=0.0, vmax=max(heat.max(), 1e-12)
+            )
+            bar = figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+            bar.ax.tick_params(labelsize=6)
+            bar.ax.yaxis.get_offset_text().set_fontsize(6)
+            if col == len(columns) - 1:
+                bar.set_label(COLORBAR_LABEL, fontsize=6)
             ax.plot([x], [y], marker="+", color="cyan", markersize=12, markeredgewidth=2)
             if level is None:
                 title = f"{block.name} @ ({x}, {y})"
@@ -235,6 +248,21 @@ def plot_attention_maps(
             ax.set_title(title, fontsize=8)
             ax.axis("off")
     figure.tight_layout()
+    return figure
+
+
+def plot_attention_maps(
+    image_rgb: np.ndarray,
+    points: Sequence[Tuple[int, int]],
+    blocks: Sequence[BlockAttention],
+    levels: bool = False,
+    panel_inches: float = 2.6,
+    dpi: int = 100,
+) -> bytes:
+    """PNG bytes of ``attention_figure``."""
+    import matplotlib.pyplot as plt  # optional heavy dependency, only for the figure
+
+    figure = attention_figure(image_rgb, points, blocks, levels, panel_inches)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)
     plt.close(figure)

@@ -8,7 +8,12 @@ from _inference_helpers import DEMO_CONFIG, load_tool, make_checkpoint
 
 from ann_seg import cli
 from ann_seg.inference import load_segmentor
-from ann_seg.inference.attention_maps import compute_attention_maps, find_attention_blocks
+from ann_seg.inference.attention_maps import (
+    COLORBAR_LABEL,
+    attention_figure,
+    compute_attention_maps,
+    find_attention_blocks,
+)
 from ann_seg.mmseg.synthetic import render_long_range_sample
 
 pytestmark = pytest.mark.usefixtures("single_thread_module")
@@ -105,6 +110,30 @@ def test_query_point_maps_to_its_feature_cell(model):
     assert blocks[1].query_cells == [(0, 0), (10, 14), (2, 1)]  # 88 x 120 -> 11 x 15, stride 8
     with pytest.raises(ValueError, match="outside"):
         compute_attention_maps(model, astronaut_bgr(), [(120, 0)])
+
+
+@pytest.mark.parametrize("levels, panels", [(False, 2), (True, 2 + 2 * 4)])
+def test_every_panel_has_a_colour_bar_of_its_own_range(model, levels, panels):
+    import matplotlib.pyplot as plt
+
+    points = [(5, 2), (100, 50)]
+    image = synthetic_bgr()
+    blocks = compute_attention_maps(model, image, points)
+    figure = attention_figure(image[..., ::-1], points, blocks, levels=levels)
+    try:
+        images = [ax for ax in figure.axes if ax.images]
+        bars = [ax for ax in figure.axes if not ax.images]
+        assert len(images) == len(bars) == panels * len(points)
+        # each colour bar spans 0 .. the maximum of its own panel's heat map
+        for ax in images:
+            heat = ax.images[1]
+            assert heat.norm.vmin == 0.0
+            assert heat.norm.vmax == pytest.approx(float(heat.get_array().max()))
+            assert heat.colorbar is not None and heat.colorbar.vmax == heat.norm.vmax
+        labels = [bar.get_ylabel() for bar in bars]
+        assert labels.count(COLORBAR_LABEL) == len(points)  # the last column of each row
+    finally:
+        plt.close(figure)
 
 
 def test_tool_writes_png(tmp_path, demo_checkpoint, capsys):
