@@ -25,7 +25,7 @@ import sys
 from typing import Dict, List, Tuple
 
 from ann_seg import cli
-from ann_seg.io import save_figure
+from ann_seg.io import pyplot, save_figure
 
 DEFAULT_KEYS = ["loss", "lr", "mIoU"]
 VAL_KEYS = ("mIoU", "mAcc", "aAcc")
@@ -92,11 +92,8 @@ def summary_line(label: str, key: str, curve: Curve) -> str:
 
 
 def plot_curves(logs: Dict[str, Dict[str, Curve]], keys: List[str], out: str, title: str):
-    import matplotlib  # optional heavy dependency, only for the figure
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    plt = pyplot()
+    from matplotlib.ticker import MaxNLocator  # optional heavy dependency, only for the figure
 
     figure, axes = plt.subplots(
         len(keys), 1, figsize=(7.0, 2.4 * len(keys) + 0.4), sharex=True, squeeze=False

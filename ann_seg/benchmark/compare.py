@@ -27,11 +27,10 @@ import cv2
 import numpy as np
 import torch
 
-from ann_seg.io import atomic_write_json, atomic_write_text, markdown_table, save_figure
+from ann_seg.io import atomic_write_json, atomic_write_text, markdown_table, pyplot, save_figure
 from ann_seg.mmseg.synthetic import MIN_CUE_DISTANCE_FRACTION, generate_long_range_dataset
 
 from .models import BenchmarkSettings, benchmark_configs
-from .report import pyplot
 from .stats import pareto_front, t_interval
 from .study_runs import (
     DATA_SIZE,

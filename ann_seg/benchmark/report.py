@@ -12,7 +12,7 @@ import mmengine
 import mmseg
 import torch
 
-from ann_seg.io import atomic_write_json, markdown_table, save_figure
+from ann_seg.io import atomic_write_json, markdown_table, pyplot, save_figure
 
 MEMORY_METHOD = {
     "cpu": "torch.profiler (profile_memory=True): peak of the running sum of CPU allocator "
@@ -136,16 +136,6 @@ def settings_line(settings, meta: Dict[str, Any]) -> str:
         "× = ratio to the first config at the same input; GMAC = 10^9 multiply-adds per "
         "image, forward."
     )
-
-
-def pyplot():
-    """matplotlib's pyplot on the Agg backend (no display needed)."""
-    import matplotlib  # optional heavy dependency, only for the figures
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_latency_memory(rows: List[Dict[str, Any]], path: str, title: str = "") -> None:

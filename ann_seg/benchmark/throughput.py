@@ -38,13 +38,13 @@ from mmseg.apis import MMSegInferencer
 from PIL import Image
 
 from ann_seg.inference.journal import read_journals
-from ann_seg.io import Progress, markdown_table, read_label_png, save_figure
+from ann_seg.io import Progress, markdown_table, pyplot, read_label_png, save_figure
 from ann_seg.mmseg import load_config
 from ann_seg.mmseg.synthetic import render_long_range_sample
 
 from .inference_modes import load_model
 from .measure import format_error
-from .report import environment, pyplot
+from .report import environment
 
 DEFAULT_IMAGES = 1000
 IMAGE_SIZE = (64, 128)
@@ -88,20 +88,14 @@ def loader_grid_modes(
     workers: Sequence[int] = GRID_WORKERS,
     batch_sizes: Sequence[int] = GRID_BATCH_SIZES,
 ) -> List[Mode]:
-    """``tools/infer.py`` with every ``--workers`` x ``--batch-size`` pair; ``(0, 1)`` (always
-    included, first) is the sequential loop, the reference of the label comparison."""
+    """``tools/infer.py`` with every ``--workers`` x ``--batch-size`` pair, each once; ``(0, 1)``
+    (always included, first) is the sequential loop, the reference of the label comparison."""
     if any(w < 0 for w in workers) or any(b < 1 for b in batch_sizes):
         raise ValueError(f"need workers >= 0 and batch sizes >= 1, got {workers} and {batch_sizes}")
-    pairs = [(0, 1)] + [(w, b) for w in workers for b in batch_sizes if (w, b) != (0, 1)]
-    return [
-        Mode(REFERENCE, threads)
-        if (w, b) == (0, 1)
-        else Mode(
-            f"workers {w}, batch {b}",
-            threads,
-            args=("--workers", str(w), "--batch-size", str(b)),
-        )
-        for w, b in pairs
+    others = dict.fromkeys((w, b) for w in workers for b in batch_sizes if (w, b) != (0, 1))
+    return [Mode(REFERENCE, threads)] + [
+        Mode(f"workers {w}, batch {b}", threads, args=("--workers", str(w), "--batch-size", str(b)))
+        for w, b in others
     ]
 
 

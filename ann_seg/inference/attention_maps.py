@@ -22,7 +22,6 @@ The forward is a whole-image forward of the (pipeline-resized) image, also for c
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 from mmengine.dataset import Compose
 
-from ann_seg.io import ImageError, atomic_write_bytes, read_image
+from ann_seg.io import ImageError, pyplot, read_image, save_figure
 from ann_seg.layers import AFNB, APNB, PyramidPoolingSampler
 
 from .folder import load_segmentor
@@ -206,11 +205,7 @@ def attention_figure(
     """A matplotlib figure: one row per point, one column per block (plus one per pyramid
     level with ``levels``); heat maps over the image with their colour bars (attention weight
     per image pixel, from 0 to the panel's maximum), the query point marked."""
-    import matplotlib  # optional heavy dependency, only for the figure
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     columns = (
         [(b, None) for b in blocks]
         if not levels
@@ -251,24 +246,6 @@ def attention_figure(
     return figure
 
 
-def plot_attention_maps(
-    image_rgb: np.ndarray,
-    points: Sequence[Tuple[int, int]],
-    blocks: Sequence[BlockAttention],
-    levels: bool = False,
-    panel_inches: float = 2.6,
-    dpi: int = 100,
-) -> bytes:
-    """PNG bytes of ``attention_figure``."""
-    import matplotlib.pyplot as plt  # optional heavy dependency, only for the figure
-
-    figure = attention_figure(image_rgb, points, blocks, levels, panel_inches)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
-    plt.close(figure)
-    return buffer.getvalue()
-
-
 def visualize_attention(
     config,
     checkpoint: str,
@@ -280,7 +257,8 @@ def visualize_attention(
     cfg_options: Optional[dict] = None,
 ) -> List[BlockAttention]:
     """Compute the attention maps of ``points`` on ``image_path`` and write the figure to
-    ``out_file`` (atomically). The image is decoded as in ``tools/infer.py``."""
+    ``out_file`` (atomically; PNG, or the format its extension names). The image is decoded
+    as in ``tools/infer.py``."""
     if not points:
         raise ValueError("give at least one query point")
     model = load_segmentor(config, checkpoint, device or default_device(), cfg_options)
@@ -289,7 +267,9 @@ def visualize_attention(
     except ImageError as error:
         raise ImageError(f"{image_path}: {error}") from None
     blocks = compute_attention_maps(model, image_bgr, points)
-    atomic_write_bytes(
-        out_file, plot_attention_maps(image_bgr[..., ::-1], points, blocks, levels=levels)
-    )
+    figure = attention_figure(image_bgr[..., ::-1], points, blocks, levels=levels)
+    try:
+        save_figure(figure, out_file, dpi=100)  # the format from the extension
+    finally:
+        pyplot().close(figure)
     return blocks

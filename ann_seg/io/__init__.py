@@ -1,6 +1,7 @@
 """File I/O: atomic writes, image decoding, output encoding, progress, tables.
 
-Imports only numpy, OpenCV, PIL and mmengine's progress bar: no model code.
+Imports only numpy, OpenCV, PIL, mmengine's progress bar and (for figures, on demand)
+matplotlib: no model code.
 """
 
 from .atomic import (
@@ -10,7 +11,6 @@ from .atomic import (
     atomic_write_text,
     atomic_write_with,
     default_file_mode,
-    save_figure,
 )
 from .encode import (
     class_pixel_counts,
@@ -20,6 +20,7 @@ from .encode import (
     read_label_png,
     render_overlay,
 )
+from .figures import pyplot, save_figure
 from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, read_image
 from .progress import Progress
 from .tables import markdown_table
@@ -43,5 +44,6 @@ __all__ = [
     "read_image",
     "read_label_png",
     "render_overlay",
+    "pyplot",
     "save_figure",
 ]

@@ -61,9 +61,3 @@ def atomic_write_text(path: str, text: str) -> None:
 def atomic_write_json(path: str, obj: Any) -> None:
     """``obj`` as indented JSON (non-finite floats as in ``json.dumps``), atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def save_figure(figure: Any, path: str, **savefig_kwargs: Any) -> None:
-    """``figure.savefig`` (matplotlib) to ``path`` atomically; the format from the extension."""
-    fmt = osp.splitext(path)[1].lstrip(".").lower() or "png"
-    atomic_write_with(path, lambda f: figure.savefig(f, format=fmt, **savefig_kwargs))

@@ -90,6 +90,11 @@ def test_loader_grid_modes_start_with_the_sequential_loop():
         ("--workers", "0", "--batch-size", "4"),
     ]
     assert all(m.threads == 2 and m.ranks is None for m in modes)
+    # a pair given twice is run once (the modes are told apart by name)
+    assert [m.name for m in loader_grid_modes(1, workers=[0, 0], batch_sizes=[1, 4])] == [
+        REFERENCE,
+        "workers 0, batch 4",
+    ]
     with pytest.raises(ValueError, match="batch sizes >= 1"):
         loader_grid_modes(2, workers=[0], batch_sizes=[0])
 
