@@ -67,8 +67,9 @@ def move_aside(path: str) -> str:
 
 def checkpoint_loads(path: str) -> bool:
     """Whether ``path`` loads (weights-only, ``safe_load_checkpoint``). A truncated or corrupt
-    file is moved aside to ``<path>.corrupt`` with one warning naming it; False then. A file
-    refused as unsafe counts as loading: the load that follows refuses it with the reason."""
+    file (also: an entry failing its CRC-32, NaN or Inf weights) is moved aside to
+    ``<path>.corrupt`` with one warning naming it; False then. A file refused as unsafe counts
+    as loading: the load that follows refuses it with the reason."""
     try:
         safe_load_checkpoint(path, map_location="cpu")
     except CorruptCheckpointError as error:
