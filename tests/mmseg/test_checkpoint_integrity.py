@@ -16,7 +16,12 @@ import torch
 from conftest import CONFIGS, REPO, as_cli, randomize_, tiny_demo_options
 from mmengine.runner import load_checkpoint
 
-from ann_seg.mmseg import CorruptCheckpointError, build_segmentor, safe_load_checkpoint
+from ann_seg.mmseg import (
+    CorruptCheckpointError,
+    build_segmentor,
+    safe_load_checkpoint,
+    select_resume_checkpoint,
+)
 
 DEMO = osp.join(CONFIGS, "demo", "ann_r18-d8_1xb8-600it_synthetic-128x256.py")
 BACKBONE = "backbone.layer1.0.conv1.weight"
@@ -108,6 +113,14 @@ def test_a_long_list_of_tensors_is_cut(good, tmp_path):
     torch.save(ckpt, tmp_path / "many.pth")
     with pytest.raises(CorruptCheckpointError, match=r"in 10 weight tensor\(s\): .* and 7 more$"):
         safe_load_checkpoint(tmp_path / "many.pth")
+
+
+def test_resume_skips_a_checkpoint_with_nan_weights(tmp_path):
+    for it, value in ((2, 0.5), (4, float("nan"))):
+        state = {"w": torch.full((4,), value)}
+        torch.save({"meta": {"iter": it}, "state_dict": state}, tmp_path / f"iter_{it}.pth")
+    assert select_resume_checkpoint(str(tmp_path)) == str(tmp_path / "iter_2.pth")
+    assert (tmp_path / "iter_4.pth.corrupt").exists()
 
 
 def tool(name, *args):
