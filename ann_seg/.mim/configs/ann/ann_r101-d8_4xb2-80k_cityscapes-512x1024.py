@@ -1,15 +1,2 @@
-_base_ = [
-    "../_base_/models/ann_r50-d8.py",
-    "mmseg::_base_/datasets/cityscapes.py",
-    "mmseg::_base_/default_runtime.py",
-    "mmseg::_base_/schedules/schedule_80k.py",
-]
-custom_imports = dict(imports=["ann_seg"], allow_failed_imports=False)
-default_hooks = dict(checkpoint=dict(type="AtomicCheckpointHook"))  # kill-safe saves
-crop_size = (512, 1024)
-data_preprocessor = dict(size=crop_size)
-model = dict(
-    pretrained="open-mmlab://resnet101_v1c",
-    backbone=dict(depth=101),
-    data_preprocessor=data_preprocessor,
-)
+_base_ = "./ann_r50-d8_4xb2-80k_cityscapes-512x1024.py"
+model = dict(pretrained="open-mmlab://resnet101_v1c", backbone=dict(depth=101))

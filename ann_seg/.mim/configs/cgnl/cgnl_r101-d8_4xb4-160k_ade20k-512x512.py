@@ -1,17 +1,2 @@
-_base_ = [
-    "../_base_/models/cgnl_r50-d8.py",
-    "mmseg::_base_/datasets/ade20k.py",
-    "mmseg::_base_/default_runtime.py",
-    "mmseg::_base_/schedules/schedule_160k.py",
-]
-custom_imports = dict(imports=["ann_seg"], allow_failed_imports=False)
-default_hooks = dict(checkpoint=dict(type="AtomicCheckpointHook"))  # kill-safe saves
-crop_size = (512, 512)
-data_preprocessor = dict(size=crop_size)
-model = dict(
-    pretrained="open-mmlab://resnet101_v1c",
-    backbone=dict(depth=101),
-    data_preprocessor=data_preprocessor,
-    decode_head=dict(num_classes=150),
-    auxiliary_head=dict(num_classes=150),
-)
+_base_ = "./cgnl_r50-d8_4xb4-160k_ade20k-512x512.py"
+model = dict(pretrained="open-mmlab://resnet101_v1c", backbone=dict(depth=101))

@@ -1,7 +1,6 @@
 # The model of our heads in the comparison: quarter-width ResNet-18-D8 from scratch, an FCN
 # auxiliary head on stage 4; each head's config adds its type and own arguments.
 _base_ = ["./_base_synthetic_schedule.py"]
-custom_imports = dict(imports=["ann_seg"], allow_failed_imports=False)
 model = dict(
     type="EncoderDecoder",
     data_preprocessor=_base_.synthetic_preprocessor,

@@ -1,6 +1,5 @@
 # Full ANN head: AFNB(stage 4, stage 5) + APNB.
 _base_ = ["./_base_synthetic_r18-d8.py"]
-custom_imports = dict(imports=["ann_seg"], allow_failed_imports=False)
 model = dict(
     decode_head=dict(
         type="ANNSegHead",

@@ -1,6 +1,5 @@
 # mmseg's CCNet head (criss-cross attention, mmcv's op, two recurrences).
 _base_ = ["mmseg::_base_/models/ccnet_r50-d8.py", "./_base_synthetic_schedule.py"]
-custom_imports = dict(imports=["ann_seg"], allow_failed_imports=False)
 model = dict(
     data_preprocessor=_base_.synthetic_preprocessor,
     pretrained=None,

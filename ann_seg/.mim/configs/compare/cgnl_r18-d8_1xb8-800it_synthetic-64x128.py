@@ -1,6 +1,5 @@
 # CGNL head (Taylor-expanded Gaussian kernel, 8 channel groups).
 _base_ = ["./_base_synthetic_r18-d8.py"]
-custom_imports = dict(imports=["ann_seg"], allow_failed_imports=False)
 model = dict(
     decode_head=dict(type="CGNLSegHead", groups=8, kernel="gaussian", order=3, dropout_ratio=0.1)
 )

@@ -1,7 +1,6 @@
 # mmseg's DANet head (position + channel attention); pam_channels scaled with the width: 64 of 512
 # -> 8 of 64.
 _base_ = ["mmseg::_base_/models/danet_r50-d8.py", "./_base_synthetic_schedule.py"]
-custom_imports = dict(imports=["ann_seg"], allow_failed_imports=False)
 model = dict(
     data_preprocessor=_base_.synthetic_preprocessor,
     pretrained=None,

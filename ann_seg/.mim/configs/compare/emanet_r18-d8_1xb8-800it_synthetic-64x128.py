@@ -1,7 +1,6 @@
 # mmseg's EMANet head (expectation-maximisation attention, 3 stages); ema_channels 512 -> 64 and
 # channels 256 -> 32 with the width, 64 bases for N = 8192 -> 16 for N = 128.
 _base_ = ["mmseg::_base_/models/emanet_r50-d8.py", "./_base_synthetic_schedule.py"]
-custom_imports = dict(imports=["ann_seg"], allow_failed_imports=False)
 model = dict(
     data_preprocessor=_base_.synthetic_preprocessor,
     pretrained=None,

@@ -1,4 +1,3 @@
 # Local baseline: FCN head (two 3x3 convs), no non-local context.
 _base_ = ["./_base_synthetic_r18-d8.py"]
-custom_imports = dict(imports=["ann_seg"], allow_failed_imports=False)
 model = dict(decode_head=dict(type="FCNHead", num_convs=2, concat_input=True, dropout_ratio=0.1))

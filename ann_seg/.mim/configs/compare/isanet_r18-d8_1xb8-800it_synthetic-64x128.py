@@ -1,7 +1,6 @@
 # mmseg's ISANet head (interlaced sparse attention); isa_channels 256 of 512 -> 32 of 64,
 # down_factor (8, 8) on 64x128 Cityscapes features -> (2, 2) on our 8x16.
 _base_ = ["mmseg::_base_/models/isanet_r50-d8.py", "./_base_synthetic_schedule.py"]
-custom_imports = dict(imports=["ann_seg"], allow_failed_imports=False)
 model = dict(
     data_preprocessor=_base_.synthetic_preprocessor,
     pretrained=None,

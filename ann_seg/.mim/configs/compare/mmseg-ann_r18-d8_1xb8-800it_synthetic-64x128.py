@@ -1,7 +1,6 @@
 # mmseg's own ANNHead (AFNB stage 4/5 + APNB, key pools 1, 3, 6, 8), beside ours (ann_...);
 # project_channels 256 of 512 -> 32 of 64.
 _base_ = ["mmseg::_base_/models/ann_r50-d8.py", "./_base_synthetic_schedule.py"]
-custom_imports = dict(imports=["ann_seg"], allow_failed_imports=False)
 model = dict(
     data_preprocessor=_base_.synthetic_preprocessor,
     pretrained=None,

@@ -1,6 +1,5 @@
 # mmseg's own NLHead (embedded Gaussian, reduction 2), beside ours (nonlocal_...).
 _base_ = ["mmseg::_base_/models/nonlocal_r50-d8.py", "./_base_synthetic_schedule.py"]
-custom_imports = dict(imports=["ann_seg"], allow_failed_imports=False)
 model = dict(
     data_preprocessor=_base_.synthetic_preprocessor,
     pretrained=None,

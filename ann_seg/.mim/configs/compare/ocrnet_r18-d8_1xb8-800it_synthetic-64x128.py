@@ -2,7 +2,6 @@
 # representations); its FCN stage plays the auxiliary head's part (stage 4, weight 0.4);
 # ocr_channels 256 of 512 -> 32 of 64.
 _base_ = ["mmseg::_base_/models/ocrnet_r50-d8.py", "./_base_synthetic_schedule.py"]
-custom_imports = dict(imports=["ann_seg"], allow_failed_imports=False)
 model = dict(
     data_preprocessor=_base_.synthetic_preprocessor,
     pretrained=None,

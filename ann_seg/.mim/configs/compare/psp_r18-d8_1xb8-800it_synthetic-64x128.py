@@ -1,6 +1,5 @@
 # mmseg's PSPNet head (pyramid pooling to 1, 2, 3, 6 bins) on its own mmseg:: model definition.
 _base_ = ["mmseg::_base_/models/pspnet_r50-d8.py", "./_base_synthetic_schedule.py"]
-custom_imports = dict(imports=["ann_seg"], allow_failed_imports=False)
 model = dict(
     data_preprocessor=_base_.synthetic_preprocessor,
     pretrained=None,

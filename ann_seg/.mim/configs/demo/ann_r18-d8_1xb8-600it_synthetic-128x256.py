@@ -6,7 +6,6 @@ _base_ = [
     "../_base_/datasets/synthetic_long_range.py",
     "mmseg::_base_/default_runtime.py",
 ]
-custom_imports = dict(imports=["ann_seg"], allow_failed_imports=False)
 num_classes = 5  # background + 4 object classes (synthetic_metainfo(4))
 norm_cfg = dict(type="BN", requires_grad=True)
 crop_size = (128, 256)
