@@ -3,6 +3,7 @@
 # through _base_.synthetic_* (our heads in _base_synthetic_r18-d8.py, mmseg's heads on top of
 # their own mmseg:: model definitions).
 _base_ = ["../_base_/datasets/synthetic_long_range.py", "mmseg::_base_/default_runtime.py"]
+custom_imports = dict(imports=["ann_seg"], allow_failed_imports=False)
 num_classes = 5
 crop_size = (64, 128)
 data_root = "data/synthetic_long_range_64x128"

@@ -1,6 +1,5 @@
 # The built-in long-range synthetic set (ann_seg.datasets.synthetic), Cityscapes layout.
 # Generate it with: ann-seg make-data data/synthetic_long_range
-custom_imports = dict(imports=["ann_seg"], allow_failed_imports=False)
 dataset_type = "LongRangeSyntheticDataset"
 data_root = "data/synthetic_long_range"
 crop_size = (128, 256)
