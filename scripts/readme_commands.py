@@ -196,7 +196,7 @@ def parse_page(text: str, name: str = "README.md") -> List[Command]:
         # a fenced block: find its end
         opener, language = fence.group(1), fence.group(2) or "text"
         start = index  # page line of the block's first inner line is start + 1
-        closing = re.compile(r"^\s*" + re.escape(opener[0]) + "{%d,}\\s*$" % len(opener))
+        closing = re.compile(rf"^\s*{re.escape(opener[0])}{{{len(opener)},}}\s*$")
         inner = []
         while index < len(lines) and not closing.match(lines[index]):
             inner.append(lines[index])
