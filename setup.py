@@ -11,7 +11,7 @@ setup(
     long_description=readme.read_text(encoding="utf-8") if readme.exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["ann_seg", "ann_seg.*"]),
+    packages=find_packages(include=["ann_seg", "ann_seg.*"]),  # research/ stays in the repo
     # the configs (mmseg's .mim convention: ann_seg::<folder>/<file>.py)
     package_data={
         "ann_seg": [
@@ -22,6 +22,7 @@ setup(
         ]
     },
     include_package_data=False,
+    entry_points={"console_scripts": ["ann-seg = ann_seg.tools:main"]},
     install_requires=[
         "torch>=2.1,<2.14",  # mmcv 2.1.0 builds with C++17; torch 2.14 headers need C++20
         "mmengine==0.10.7",
@@ -33,7 +34,6 @@ setup(
         "numpy",
         "matplotlib",
         "rich",
-        "scipy",  # the head study's confidence intervals
     ],
     extras_require={
         "dev": [
@@ -45,6 +45,7 @@ setup(
             "onnxruntime",
             "onnxscript",
             "scikit-image",
+            "scipy",  # research/: the head study's confidence intervals
         ],
     },
     license="Apache-2.0",

@@ -1,7 +1,7 @@
 """The main job: build the synthetic set, train the demo config, evaluate, write predictions.
 
 Everything goes through mmengine's Runner with the demo config, exactly as
-``tools/train.py``/``tools/test.py`` would run it; re-running resumes or skips finished work
+``ann-seg train``/``ann-seg test`` would run it; re-running resumes or skips finished work
 (a final checkpoint that does not load is moved aside and training resumes).
 """
 

@@ -20,18 +20,18 @@ import pytest
 import torch
 from conftest import CONFIGS, REPO, as_cli, tiny_demo_options
 
-from ann_seg import cli
 from ann_seg.benchmark.blocks import PAPER, paper_lines, ratio_words
 from ann_seg.inference import threads
+from ann_seg.tools import COMMANDS, cli, launch, run_tool
 
-TOOLS = osp.join(REPO, "tools")
+TOOLS = osp.join(REPO, "tools")  # the thin wrappers and the torchrun launchers
+TOOL_MODULES = osp.join(REPO, "ann_seg", "tools")
 DEMO_CONFIG = osp.join(CONFIGS, "demo", "ann_r18-d8_1xb8-600it_synthetic-128x256.py")
 OURS = [  # tools with build_parser() (train.py and test.py keep parse_args)
     "analyze_logs",
     "benchmark",
     "benchmark_blocks",
     "benchmark_inference",
-    "compare_heads",
     "convert_mmseg_ann",
     "demo",
     "export_onnx",
@@ -39,7 +39,7 @@ OURS = [  # tools with build_parser() (train.py and test.py keep parse_args)
     "make_synthetic_data",
     "visualize_attention",
 ]
-ALL_TOOLS = sorted(name[:-3] for name in os.listdir(TOOLS) if name.endswith(".py"))
+ALL_TOOLS = sorted({module for module, _ in COMMANDS.values()} - {"launch"})
 WITH_CFG_OPTIONS = [
     "benchmark",
     "benchmark_inference",
@@ -49,15 +49,11 @@ WITH_CFG_OPTIONS = [
     "train",
     "visualize_attention",
 ]
-# compare_heads' --threads is per training process (default 1, --jobs of them at once)
 WITH_THREADS = ["benchmark", "benchmark_blocks", "benchmark_inference", "infer"]
 
 
 def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", osp.join(TOOLS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"ann_seg.tools.{name}")
 
 
 def help_text(name, capsys):
@@ -98,10 +94,7 @@ def test_every_option_with_a_default_says_it(name):
         )
 
 
-def test_compare_heads_and_make_synthetic_data_help_say_what_they_do(capsys):
-    text = " ".join(help_text("compare_heads", capsys).split())
-    for words in ("95 % confidence", "Pareto plot", "distance", "trains only what is missing"):
-        assert words in text, (words, text)
+def test_make_synthetic_data_help_says_what_it_does(capsys):
     text = " ".join(help_text("make_synthetic_data", capsys).split())
     for words in ("cityscapes", "ade20k", "leftImg8bit", "annotations", "reduce_zero_label"):
         assert words in text, (words, text)
@@ -116,8 +109,8 @@ def _main_block(tree):
 
 
 @pytest.mark.parametrize("name", ALL_TOOLS)
-def test_scripts_run_main_through_cli_run(name):
-    with open(osp.join(TOOLS, f"{name}.py"), encoding="utf-8") as f:
+def test_tools_run_main_through_cli_run(name):
+    with open(osp.join(TOOL_MODULES, f"{name}.py"), encoding="utf-8") as f:
         source = f.read()
     tree = ast.parse(source)
     mains = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main"]
@@ -125,7 +118,7 @@ def test_scripts_run_main_through_cli_run(name):
     args = mains[0].args
     assert [a.arg for a in args.args] == ["argv"] and ast.unparse(args.defaults[0]) == "None"
     block = _main_block(tree)
-    assert "cli.quiet_warnings()" in block and "sys.exit(cli.run(main))" in block, block
+    assert "sys.exit(cli.run(main))" in block, block
     assert "cli.add_debug_argument(parser)" in source
     if name in WITH_CFG_OPTIONS or "--cfg-options" in source:
         assert "cli.add_cfg_options_argument(parser)" in source
@@ -238,7 +231,7 @@ def test_bad_values_are_usage_errors(tmp_path, capsys):
     tool = load_tool("benchmark")
     assert cli.run(tool.main, [DEMO_CONFIG + "+turbo", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: unknown variant(s) ['turbo']"), err
+    assert err.startswith("error: unknown suffix(es) ['turbo']"), err
     tool = load_tool("make_synthetic_data")
     assert cli.run(tool.main, [str(tmp_path / "d"), "--size", "8", "8"]) == 2
     assert "size must be at least" in capsys.readouterr().err
@@ -302,7 +295,8 @@ def _dist_env(path_first, **extra):
 
 
 def test_dist_scripts_pick_venv_then_python_env_then_path(tmp_path):
-    """In a repository without .venv: $PYTHON, else the ``python`` on PATH; usage errors."""
+    """The tools/dist_*.sh wrappers run ``python -m ann_seg dist-<command>`` with the
+    repository's .venv; without one, $PYTHON, else the ``python`` on PATH."""
     repo_tools = tmp_path / "repo" / "tools"
     repo_tools.mkdir(parents=True)
     for name in ("dist_train.sh", "dist_test.sh", "dist_common.sh"):
@@ -313,8 +307,7 @@ def test_dist_scripts_pick_venv_then_python_env_then_path(tmp_path):
     proc = subprocess.run(train, env=_dist_env(on_path.parent), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     call = (on_path.parent / "calls").read_text()
-    assert "-m torch.distributed.run" in call and "--nproc_per_node=2" in call
-    assert call.strip().endswith("tools/train.py cfg.py --amp --launcher pytorch"), call
+    assert call.strip().endswith("-m ann_seg dist-train cfg.py 2 --amp"), call
     proc = subprocess.run(
         ["bash", str(repo_tools / "dist_test.sh"), "cfg.py", "m.pth", "3"],
         env=_dist_env(on_path.parent, PYTHON=str(chosen)),
@@ -323,23 +316,38 @@ def test_dist_scripts_pick_venv_then_python_env_then_path(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     call = (chosen.parent / "calls").read_text()
-    assert "--nproc_per_node=3" in call and "tools/test.py cfg.py m.pth --launcher pytorch" in call
+    assert call.strip().endswith("-m ann_seg dist-test cfg.py m.pth 3"), call
     # with the repository's .venv present, neither is used
     venv_python = _fake_python(tmp_path / "repo" / ".venv" / "bin", 0)
     subprocess.run(train, env=_dist_env(on_path.parent, PYTHON=str(chosen)), check=True)
-    assert "torch.distributed.run" in (venv_python.parent / "calls").read_text()
+    assert "-m ann_seg dist-train" in (venv_python.parent / "calls").read_text()
     assert len((on_path.parent / "calls").read_text().splitlines()) == 1
-    for args, message in [
-        (["cfg.py"], "usage: tools/dist_train.sh CONFIG NPROC"),
-        (["cfg.py", "two"], "NPROC must be a positive integer, got 'two'"),
+
+
+def test_dist_commands_build_the_torchrun_line_and_refuse_bad_usage(capsys):
+    tool, args, nproc = launch.split_arguments("dist-infer", ["c.py", "m.pth", "in/", "2", "-x"])
+    assert (tool, args, nproc) == ("infer", ["c.py", "m.pth", "in/", "-x"], 2)
+    line = launch.torchrun_command(tool, args, nproc, {"PORT": "29999", "NNODES": "2"})
+    assert line[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert {"--nnodes=2", "--master_port=29999", "--nproc_per_node=2"} <= set(line)
+    assert line[-9:] == [
+        "-m",
+        "ann_seg",
+        "infer",
+        "c.py",
+        "m.pth",
+        "in/",
+        "-x",
+        "--launcher",
+        "pytorch",
+    ]
+    for argv, message in [
+        (["dist-train", "cfg.py"], "usage: ann-seg dist-train CONFIG NPROC"),
+        (["dist-train", "cfg.py", "two"], "NPROC must be a positive integer, got 'two'"),
+        (["dist-test", "cfg.py", "m.pth", "0"], "NPROC must be a positive integer, got '0'"),
     ]:
-        proc = subprocess.run(
-            ["bash", str(repo_tools / "dist_train.sh"), *args],
-            env=_dist_env(on_path.parent),
-            capture_output=True,
-            text=True,
-        )
-        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert run_tool(argv[0], argv[1:]) == 2
+        assert message in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -362,7 +370,8 @@ def test_dist_train_and_test_with_a_foreign_python_on_path(cityscapes_root, tmp_
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]
-    assert ".venv/bin/python, 2 process(es)" in log and (work / "iter_2.pth").is_file()
+    assert "[ann-seg dist-train] 2 process(es) on node 0 of 1" in log
+    assert (work / "iter_2.pth").is_file()
     assert not (fake.parent / "calls").exists()
     proc = subprocess.run(
         ["bash", osp.join(TOOLS, "dist_test.sh"), DEMO_CONFIG, str(work / "iter_2.pth"), "2"]

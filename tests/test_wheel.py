@@ -11,7 +11,7 @@ import sys
 import sysconfig
 
 import pytest
-from conftest import REPO
+from conftest import REPO, as_cli, tiny_demo_options
 
 pytestmark = pytest.mark.slow
 
@@ -94,29 +94,31 @@ def test_the_wheel_is_used_and_holds_the_configs(wheel_env):
     assert not any(p.startswith(REPO) for p in out)
 
 
-def test_demo_and_tools_run_from_another_directory(wheel_env):
-    python, work, _ = wheel_env
-    helped = run([python, osp.join(REPO, "tools", "compare_heads.py"), "--help"], cwd=work)
-    assert "--heads" in helped.stdout
-    proc = run(
-        [
-            python,
-            osp.join(REPO, "tools", "demo.py"),
-            "--num-train",
-            "8",
-            "--num-val",
-            "2",
-            "--max-iters",
-            "2",
-            "--data-root",
-            "data",
-            "--work-dir",
-            "work",
-        ],
-        cwd=work,
-    )
+def test_console_entry_point_runs_every_job_from_another_directory(wheel_env):
+    """``ann-seg`` (the wheel's console script) and ``python -m ann_seg``: the demo, infer, a
+    2-iteration train, test and a benchmark, from a directory outside the repository."""
+    python, work, site = wheel_env
+    ann_seg = [python, osp.join(site, "bin", "ann-seg")]
+    listed = run([*ann_seg, "--help"], cwd=work).stdout
+    assert all(name in listed for name in ("infer", "train", "test", "benchmark", "dist-infer"))
+    demo = [python, "-m", "ann_seg", "demo", "--num-train", "8", "--num-val", "2"]
+    proc = run([*demo, "--max-iters", "2", "--data-root", "data", "--work-dir", "work"], cwd=work)
     summary = json.load(open(osp.join(work, "work", "summary.json")))
     assert summary["config"].startswith(osp.dirname(python).rsplit("/bin", 1)[0])
-    assert osp.isfile(osp.join(work, "work", "iter_2.pth"))
     assert "demo mIoU:" in proc.stdout
     assert len(os.listdir(osp.join(work, "work", "inference", "overlays"))) >= 1
+    config = "ann_seg::demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py"
+    checkpoint = osp.join("work", "iter_2.pth")
+    run([*ann_seg, "infer", config, checkpoint, "data/leftImg8bit/val", "--recursive",
+         "--out-dir", "inferred", "--threads", "1"], cwd=work)  # fmt: skip
+    assert json.load(open(osp.join(work, "inferred", "summary.json")))["counts"]["processed"] == 2
+    options = ["--cfg-options", *as_cli(tiny_demo_options("data"))]
+    run([*ann_seg, "train", config, "--work-dir", "trained", *options], cwd=work)
+    assert osp.isfile(osp.join(work, "trained", "iter_2.pth"))
+    tested = run([*ann_seg, "test", config, checkpoint, "--work-dir", "tested", *options], cwd=work)
+    assert "mIoU" in tested.stdout + tested.stderr
+    bench = [*ann_seg, "benchmark", config, "--shapes", "64", "128", "--repeat", "1"]
+    bench = run(
+        [*bench, "--warmup", "0", "--no-flops", "--no-progress", "--threads", "1"], cwd=work
+    )
+    assert "ms" in bench.stdout

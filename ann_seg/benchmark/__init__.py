@@ -1,7 +1,8 @@
-"""Benchmarks: configs (models, backbones, heads), the block family, inference modes and the
-head comparison. ``tools/benchmark*.py`` and ``tools/compare_heads.py`` parse arguments and call
-``run_benchmark``, ``run_block_benchmark``, ``compare_inference_modes``, ``compare_heads``;
-see docs/benchmark.md.
+"""The config-driven benchmarks: configs (models, backbones, heads), the block family and
+inference modes. ``ann-seg benchmark``, ``benchmark-blocks`` and ``benchmark-inference`` parse
+arguments and call ``run_benchmark``, ``run_block_benchmark``, ``compare_inference_modes``; see
+docs/benchmarks.md. The head study and folder-throughput harnesses live in the repository's
+``research/``.
 """
 
 from .measure import (

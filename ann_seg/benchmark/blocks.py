@@ -1,4 +1,4 @@
-"""Block-level efficiency comparison after the ANN paper (``tools/benchmark_blocks.py``).
+"""Block-level efficiency comparison after the ANN paper (``ann-seg benchmark-blocks``).
 
 Zhu et al. (ICCV 2019) report that for a 256x128 input APNB is ~6x faster than a non-local
 block on a GPU and uses ~28x less memory. Their script (MendelXu/ANN, efficiency_statics/)
@@ -518,7 +518,7 @@ def run_block_benchmark(
     json_path: Optional[str] = None,
     progress: bool = True,
 ) -> int:
-    """``tools/benchmark_blocks.py``: measure, print the table and the paper comparison,
+    """``ann-seg benchmark-blocks``: measure, print the table and the paper comparison,
     write JSON. Returns 1 if a row failed (skipped rows are not failures), else 0."""
 
     dims = dims or BlockDims()

@@ -1,13 +1,13 @@
-"""Inference modes side by side on real images (``tools/benchmark_inference.py``).
+"""Inference modes side by side on real images (``ann-seg benchmark-inference``).
 
 Every mode segments the same images through mmseg's ``inference_model`` (the config's test
 pipeline, ``test_cfg``, resize to the image's size), with its own copy of the same weights:
 
-* ``float32``: the model as trained (the reference every other mode is compared with);
-* ``fuse``: ``prepare_for_inference(fuse=True)``: BatchNorms and APNB/AFNB output projections
-  folded into convolutions, channels-last;
-* ``bf16`` / ``fuse+bf16``: the same under ``torch.autocast`` (bfloat16 on the CPU, float16
-  on CUDA), whether or not the hardware computes it natively (see ``native_low_precision_dtype``).
+* ``fp32``: the model as trained (the reference every other mode is compared with);
+* any other mode is a chain of the speed policy's suffixes (``ann_seg.mmseg.speed``) applied
+  as ``ann-seg infer`` applies them: ``fast`` (what ``--fast`` runs), ``fuse``, ``bf16``,
+  ``fuse+bf16+cl``, ``amp`` (autocast on the unmodified model: mmseg's AMP), ...; a low
+  precision the hardware does not compute natively is run all the same (and said).
 
 Images are timed interleaved (each image runs in every mode, the order rotated per image) after
 warm-up runs on the first image. Reported per mode: median latency per image, speed-up over
@@ -23,36 +23,32 @@ import numpy as np
 import torch
 from mmseg.apis import inference_model
 
-from ann_seg.inference import (
-    InferenceInputError,
-    autocast_context,
-    collect_inputs,
-    dtype_name,
-    load_segmentor,
-    prepare_for_inference,
-    resolve_amp,
-)
+from ann_seg.inference import InferenceInputError, collect_inputs
 from ann_seg.io import ImageError, Progress, markdown_table, read_image
 from ann_seg.layers.compat import native_low_precision_dtype
 from ann_seg.mmseg import build_segmentor
+from ann_seg.mmseg.config import ConfigError
+from ann_seg.mmseg.speed import ResolvedSpeed, apply_inference_speed, split_suffixes
 
 from .measure import synchronize
 
-MODES = {  # name: (fuse, autocast)
-    "float32": (False, False),
-    "fuse": (True, False),
-    "bf16": (False, True),
-    "fuse+bf16": (True, True),
-}
-REFERENCE_MODE = "float32"
+REFERENCE_MODE = "fp32"
 RANDOM_WEIGHTS = "random"
 
 
-def check_modes(modes: Sequence[str]) -> List[str]:
-    """Known, unique mode names with ``float32`` (the reference) first."""
-    unknown = [m for m in modes if m not in MODES]
-    if unknown:
-        raise ValueError(f"unknown inference mode(s) {unknown}; known: {list(MODES)}")
+def mode_speed(mode: str, device: str) -> ResolvedSpeed:
+    """A mode name (speed suffixes joined by ``+``) resolved for ``device``."""
+    try:
+        _, policy, _ = split_suffixes(f"mode+{mode}")
+    except ConfigError as error:
+        raise ValueError(f"inference mode {mode!r}: {error}") from None
+    return policy.resolve(device)
+
+
+def check_modes(modes: Sequence[str], device: str = "cpu") -> List[str]:
+    """Valid, unique mode names with ``fp32`` (the reference) first."""
+    for mode in modes:
+        mode_speed(mode, device)
     rest = [m for m in dict.fromkeys(modes) if m != REFERENCE_MODE]
     return [REFERENCE_MODE, *rest]
 
@@ -60,11 +56,13 @@ def check_modes(modes: Sequence[str]) -> List[str]:
 def load_model(
     config, checkpoint: str, device: str = "cpu", cfg_options: Optional[dict] = None, seed: int = 0
 ):
-    """``load_segmentor``; ``checkpoint='random'``: the config's model with random weights
-    (PyTorch's default init, seeded, so every mode gets the same ones), for timing and
-    numerical checks of architectures without a trained checkpoint."""
+    """``build_segmentor`` with ``checkpoint``; ``checkpoint='random'``: the config's model
+    with random weights (PyTorch's default init, seeded, so every mode gets the same ones), for
+    timing and numerical checks of architectures without a trained checkpoint."""
     if checkpoint != RANDOM_WEIGHTS:
-        return load_segmentor(config, checkpoint, device, cfg_options)
+        return build_segmentor(
+            config, device=device, cfg_options=cfg_options, checkpoint=checkpoint
+        )
     torch.manual_seed(seed)
     return build_segmentor(config, device=device, cfg_options=cfg_options)
 
@@ -81,8 +79,8 @@ def _read_images(input_path: str, max_images: Optional[int], recursive: bool):
     return images, failures
 
 
-def _predict(model, image: np.ndarray, device: str, amp_dtype):
-    with torch.no_grad(), autocast_context(device, amp_dtype):
+def _predict(model, image: np.ndarray, speed: ResolvedSpeed):
+    with torch.no_grad(), speed.context():
         result = inference_model(model, image)
     return (result.pred_sem_seg.data[0].cpu().numpy(), result.seg_logits.data.float().cpu().numpy())
 
@@ -91,7 +89,7 @@ def compare_inference_modes(
     config,
     checkpoint: str,
     input_path: str,
-    modes: Sequence[str] = ("float32", "fuse", "fuse+bf16"),
+    modes: Sequence[str] = ("fp32", "fast"),
     device: str = "cpu",
     max_images: Optional[int] = None,
     warmup: int = 1,
@@ -102,22 +100,21 @@ def compare_inference_modes(
     """Segment the images of ``input_path`` in every mode; returns ``rows`` (one per mode)
     and ``meta``. Unreadable images are reported in ``meta['failures']`` and skipped."""
 
-    modes = check_modes(modes)
+    modes = check_modes(modes, device)
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
     images, failures = _read_images(input_path, max_images, recursive)
     if not images:
         raise InferenceInputError(f"no readable image in {input_path}")
-    low = resolve_amp("on", device)
     models = {}
     for mode in modes:
-        fuse, autocast = MODES[mode]
-        model = prepare_for_inference(load_model(config, checkpoint, device, cfg_options), fuse)
-        models[mode] = (model, low if autocast else None)
+        speed = mode_speed(mode, device)
+        model = load_model(config, checkpoint, device, cfg_options)
+        models[mode] = (apply_inference_speed(model, speed), speed)
 
     for _ in range(warmup):
-        for model, dtype in models.values():
-            _predict(model, images[0][1], device, dtype)
+        for model, speed in models.values():
+            _predict(model, images[0][1], speed)
     times: Dict[str, List[float]] = {m: [] for m in modes}
     stats = {m: dict(equal=0, pixels=0, worst=1.0, logit_rel=0.0) for m in modes}
     bar = Progress(len(images) * len(modes), enabled=progress)
@@ -125,10 +122,10 @@ def compare_inference_modes(
         shift = index % len(modes)
         outputs = {}
         for mode in modes[shift:] + modes[:shift]:
-            model, dtype = models[mode]
+            model, speed = models[mode]
             synchronize(device)
             start = time.perf_counter()
-            outputs[mode] = _predict(model, image, device, dtype)
+            outputs[mode] = _predict(model, image, speed)
             synchronize(device)
             times[mode].append(time.perf_counter() - start)
             bar.update()
@@ -153,8 +150,7 @@ def compare_inference_modes(
         rows.append(
             dict(
                 mode=mode,
-                fuse=MODES[mode][0],
-                autocast=dtype_name(models[mode][1]),
+                speed=models[mode][1].record(),
                 latency_ms=dict(
                     median=median * 1e3, min=min(times[mode]) * 1e3, max=max(times[mode]) * 1e3
                 ),
@@ -176,7 +172,7 @@ def compare_inference_modes(
         threads=torch.get_num_threads(),
         warmup=warmup,
         failures=failures,
-        native_low_precision=dtype_name(native_low_precision_dtype(device)),
+        native_low_precision=str(native_low_precision_dtype(device)).replace("torch.", ""),
     )
     return dict(meta=meta, rows=rows)
 
@@ -209,9 +205,10 @@ def modes_table(result: Dict[str, Any]) -> str:
 
 def describe(result: Dict[str, Any]) -> str:
     meta = result["meta"]
-    native = meta["native_low_precision"] or "none (bfloat16 is emulated: slow)"
+    native = meta["native_low_precision"]
+    native = "none (bfloat16 is emulated: slow)" if native == "None" else native
     return (
         f"{meta['images']} image(s) ({', '.join(meta['image_sizes'])}), "
         f"{meta['pixels']} pixels, device {meta['device']}, {meta['threads']} thread(s); "
-        f"native low precision here: {native}. Agreement and logits against float32."
+        f"native low precision here: {native}. Agreement and logits against fp32."
     )

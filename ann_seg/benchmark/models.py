@@ -1,4 +1,4 @@
-"""Config-driven benchmark of segmentors, backbones and decode heads (``tools/benchmark.py``).
+"""Config-driven benchmark of segmentors, backbones and decode heads (``ann-seg benchmark``).
 
 Every config (a path, ``ann_seg::`` or ``mmseg::`` name) is built by
 ``ann_seg.mmseg.build_segmentor`` (weights are PyTorch's default init; no download; SyncBN
@@ -30,10 +30,14 @@ from mmengine.logging import MMLogger
 from mmengine.structures import PixelData
 from mmseg.structures import SegDataSample
 
-from ann_seg.inference import resolve_amp
-from ann_seg.layers import fuse_for_inference
 from ann_seg.mmseg import build_segmentor, enable_fast_training
 from ann_seg.mmseg.fast import RESIDUAL_BLOCKS
+from ann_seg.mmseg.speed import (
+    SpeedPolicy,
+    apply_inference_speed,
+    compile_parts,
+    split_suffixes,
+)
 
 from .measure import (
     MIB,
@@ -55,12 +59,11 @@ Shape = Tuple[int, int]
 
 @dataclass
 class BenchmarkSettings:
-    """What to measure and how (the CLI options of ``tools/benchmark.py``)."""
+    """What to measure and how (the CLI options of ``ann-seg benchmark``)."""
 
     part: str = "model"
     mode: str = "infer"
     device: str = "cpu"
-    amp: bool = False
     batch_size: int = 1
     repeat: int = 10
     warmup: int = 2
@@ -80,11 +83,6 @@ class BenchmarkSettings:
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} requested but CUDA is not available")
 
-    @property
-    def amp_dtype(self) -> torch.dtype:
-        """bfloat16 on the CPU, float16 on CUDA (``resolve_amp('on', device)``)."""
-        return resolve_amp("on", self.device)
-
 
 def parse_shapes(values: Optional[Sequence[int]]) -> Optional[List[Shape]]:
     """``[H1, W1, H2, W2, ...]`` -> ``[(H1, W1), (H2, W2), ...]`` (``None`` stays ``None``)."""
@@ -98,33 +96,20 @@ def parse_shapes(values: Optional[Sequence[int]]) -> Optional[List[Shape]]:
     return shapes
 
 
-VARIANTS = ("fuse", "cl", "compile", "fast", "cp", "withcp")
+BENCHMARK_ONLY = ("withcp",)  # mmseg's own with_cp, for comparison with our +cp
 
 
-def split_variant(config: str) -> Tuple[str, Tuple[str, ...]]:
-    """``'x.py+fuse+cl'`` -> ``('x.py', ('fuse', 'cl'))``: variants of a config.
-
-    ``fuse``: ``ann_seg.models.fuse.fuse_for_inference`` (APNB/AFNB output projections folded
-    into their fusion convs, BatchNorms into convs; inference only). ``cl``: channels-last.
-    ``compile``: ``torch.compile`` (inductor) of the backbone's, neck's and decode head's
-    ``forward``; compilation happens in the warm-up rounds (use ``--warmup`` >= 1).
-    ``fast``: the fast training mode (``ann_seg.mmseg.enable_fast_training``: APNB/AFNB
-    ``W_o`` merged into the fusion GEMM; channels-last model and input on CUDA, or with
-    ``cl``). ``cp``: its exact activation checkpointing (residual blocks and APNB/AFNB; with or
-    without ``fast``).
-    ``withcp``: mmseg's own ``with_cp`` on the ResNet blocks (reentrant checkpointing; for
-    comparison).
-    """
-    path, *flags = config.split("+")
-    unknown = [f for f in flags if f not in VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown variant(s) {unknown} in {config!r}; known: {VARIANTS}")
-    return path, tuple(flags)
+def split_variant(config: str) -> Tuple[str, SpeedPolicy, Tuple[str, ...]]:
+    """``'x.py+fast+cp'`` -> ``('x.py', policy, ())``: the speed policy of the suffixes
+    (``ann_seg.mmseg.speed``: +fast +bf16 +fp16 +fp32 +amp +cl +fuse +compile +cp) and
+    ``+withcp`` (mmseg's reentrant ``with_cp`` on the ResNet blocks). Without +fast and +cl a
+    config runs contiguous, as written; +amp autocasts the unmodified model (mmseg's AMP)."""
+    return split_suffixes(config, BENCHMARK_ONLY)
 
 
 def config_name(config: str) -> str:
     """Short label: ``mmseg::ann/x.py`` -> ``mmseg::x``; ``configs/ann/x.py+fuse`` -> ``x+fuse``."""
-    config, flags = split_variant(config)
+    config, *flags = config.split("+")
     suffix = "".join(f"+{f}" for f in flags)
     if "::" in config:
         scope, path = config.split("::", 1)
@@ -132,36 +117,36 @@ def config_name(config: str) -> str:
     return osp.splitext(osp.basename(config))[0] + suffix
 
 
-def build_benchmark_model(config: str, cfg_options: Optional[dict] = None, device: str = "cpu"):
-    """``(cfg, model)`` of ``config`` (with ``+variant`` suffixes) on ``device``, built by
-    ``ann_seg.mmseg.build_segmentor`` (no download, SyncBN -> BN), then the variants applied.
-    """
-    config, flags = split_variant(config)
-    model = build_segmentor(config, device=device, cfg_options=cfg_options)
-    if "fuse" in flags:
-        fuse_for_inference(model)
-    if "cl" in flags:
-        model.to(memory_format=torch.channels_last)
-    if "fast" in flags or "cp" in flags:
-        fast = "fast" in flags
-        # channels-last as in training (on CUDA only); +fast+cl forces it on the CPU
-        enable_fast_training(
-            model,
-            channels_last=None if fast else False,
-            factored_fusion=fast,
-            checkpoint="cp" in flags,
-        )
-    if "withcp" in flags:
+def build_benchmark_model(
+    config: str, cfg_options: Optional[dict] = None, device: str = "cpu", mode: str = "infer"
+):
+    """``(cfg, model)`` of ``config`` (with ``+suffix`` speed levers) on ``device``, built by
+    ``ann_seg.mmseg.build_segmentor`` (no download, SyncBN -> BN), then the policy applied as
+    the tools apply it: ``apply_inference_speed`` for ``mode='infer'``, the fast training
+    mode's levers (``enable_fast_training``) and autocast for ``'train'``."""
+    path, policy, extra = split_variant(config)
+    if mode == "train" and policy.fuse:
+        raise ValueError("the +fuse variant folds BatchNorms: inference only (--mode infer)")
+    model = build_segmentor(path, device=device, cfg_options=cfg_options)
+    speed = policy.resolve(device)
+    if mode == "infer":
+        apply_inference_speed(model, speed)
+    else:
+        if speed.channels_last or policy.fast_graph or policy.checkpoint:
+            enable_fast_training(
+                model,
+                channels_last=speed.channels_last,
+                factored_fusion=policy.fast_graph,
+                checkpoint=policy.checkpoint,
+            )
+        if policy.compile:
+            names = ("backbone", "neck", "decode_head")
+            compile_parts([m for m in (getattr(model, n, None) for n in names) if m is not None])
+    if "withcp" in extra:
         for module in model.modules():
             if isinstance(module, RESIDUAL_BLOCKS):
                 module.with_cp = True
-    if "compile" in flags:
-        for name in ("backbone", "neck", "decode_head"):
-            module = getattr(model, name, None)
-            if isinstance(module, nn.Module):  # mmseg calls decode_head.forward directly
-                module.eager_forward = module.forward  # for FLOP counting (jit tracing)
-                module.forward = torch.compile(module.forward)
-    model.benchmark_variant = flags
+    model.benchmark_speed = speed
     return model.cfg, model
 
 
@@ -265,32 +250,26 @@ def make_part_step(
     """Inputs and the step closure for ``part`` of ``model`` at ``shape``."""
     device, batch = settings.device, settings.batch_size
     train = settings.mode == "train"
-    variant = getattr(model, "benchmark_variant", ())
-    if train and "fuse" in variant:
-        raise ValueError("the +fuse variant folds BatchNorms: inference only (--mode infer)")
+    speed = model.benchmark_speed
     model.train(train)
-    memory_format = torch.channels_last if "cl" in variant else torch.contiguous_format
-    # +fast converts the images itself (the backbone's input hook: its cost is timed); head
-    # features come channels-last out of its backbone
-    fast_channels_last = "fast" in variant and any(
-        p.is_contiguous(memory_format=torch.channels_last) and p.dim() == 4
-        for p in model.parameters()
-    )
-    feature_format = torch.channels_last if fast_channels_last else memory_format
+    # inputs as the real pipeline hands them over: float32, contiguous (the policy's input
+    # hooks convert them, timed); head features as the backbone would produce them
+    cast = speed.dtype if not (train or speed.policy.autocast) else None
+    feature_format = torch.channels_last if speed.channels_last else torch.contiguous_format
     autocast = (
-        torch.autocast(device.split(":")[0], dtype=settings.amp_dtype)
-        if settings.amp
+        torch.autocast(device.split(":")[0], dtype=speed.dtype)
+        if speed.dtype is not None and (train or speed.policy.autocast)
         else nullcontext()
     )
     grad = torch.enable_grad if train else torch.no_grad
-    images = torch.randn(batch, 3, *shape, device=device).contiguous(memory_format=memory_format)
+    images = torch.randn(batch, 3, *shape, device=device)
     samples = None
     if train and part != "backbone":
         samples = random_data_samples(model.decode_head.num_classes, shape, batch, device)
 
     if part == "head":
         feats = [
-            torch.randn(s, device=device).contiguous(memory_format=feature_format)
+            torch.randn(s, device=device, dtype=cast).contiguous(memory_format=feature_format)
             for s in feature_shapes(model, shape, batch)
         ]
         module, flops_inputs = _HeadForward(model.decode_head), tuple(f[:1] for f in feats)
@@ -437,7 +416,9 @@ def benchmark_configs(
     entries: List[_Entry] = []
     for config, name in zip(configs, _unique_names(configs)):
         try:
-            cfg, model = build_benchmark_model(config, settings.cfg_options, settings.device)
+            cfg, model = build_benchmark_model(
+                config, settings.cfg_options, settings.device, settings.mode
+            )
             config_shapes = list(shapes) if shapes else [default_shape(cfg)]
         except Exception as error:
             for shape in shapes or [None]:
@@ -505,7 +486,7 @@ def _result_row(entry: _Entry, settings: BenchmarkSettings) -> Dict[str, Any]:
         part=settings.part,
         mode=settings.mode,
         device=settings.device,
-        amp=settings.amp,
+        speed=entry.model.benchmark_speed.record() if entry.model is not None else None,
         batch_size=settings.batch_size,
         status="ok" if entry.error is None else "error",
     )
@@ -563,7 +544,7 @@ def run_benchmark(
     plot_path: Optional[str] = None,
     progress: bool = True,
 ) -> int:
-    """``tools/benchmark.py``: measure, print the markdown table, write JSON/plot.
+    """``ann-seg benchmark``: measure, print the markdown table, write JSON/plot.
 
     ``settings.flop_rate``: also time this machine's float32 conv (``reference_conv_case``)
     in the same interleaved rounds and report each config's achieved rate (``2 * GFLOPs /
@@ -587,6 +568,12 @@ def run_benchmark(
                     f"({REFERENCE_CONV}: {row['reference_conv_gflop_s']:.1f} GFLOP/s, timed "
                     "in the same rounds)"
                 )
+    if settings.repeat < 3:
+        print(
+            f"note: {settings.repeat} timed round(s): the ratios are unreliable (use --repeat 3 "
+            "or more, on an otherwise idle machine)",
+            file=sys.stderr,
+        )
     if json_path:
         write_json(json_path, dict(meta=meta, settings=vars(settings), results=rows))
     if plot_path:

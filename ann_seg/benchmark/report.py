@@ -128,8 +128,8 @@ def config_table(rows: List[Dict[str, Any]]) -> str:
 def settings_line(settings, meta: Dict[str, Any]) -> str:
     """One line describing a config benchmark run."""
     return (
-        f"part={settings.part}, mode={settings.mode}, device={settings.device}"
-        f"{' (amp)' if settings.amp else ''}, batch={settings.batch_size}, "
+        f"part={settings.part}, mode={settings.mode}, device={settings.device}, "
+        f"batch={settings.batch_size}, "
         f"repeat={settings.repeat} (interleaved), warmup={settings.warmup}; "
         f"torch {meta['torch']}, {meta['threads']} thread(s), {meta['cpu']}, load "
         f"{meta['load_average'][0]:.1f}. "

@@ -1,4 +1,4 @@
-"""Where APNB and AFNB attend (``tools/visualize_attention.py``).
+"""Where APNB and AFNB attend (``ann-seg visualize-attention``).
 
 For a query pixel, each block's attention is a softmax over its S anchors (S = 110 for pyramid
 bins (1, 3, 6, 8)); anchor ``s`` is the average of the key map over one pyramid bin region.
@@ -31,9 +31,8 @@ from mmengine.dataset import Compose
 
 from ann_seg.io import ImageError, pyplot, read_image, save_figure
 from ann_seg.layers import AFNB, APNB, PyramidPoolingSampler
-
-from .folder import load_segmentor
-from .precision import default_device
+from ann_seg.mmseg import build_segmentor
+from ann_seg.mmseg.speed import default_device
 
 
 @dataclass
@@ -258,10 +257,12 @@ def visualize_attention(
 ) -> List[BlockAttention]:
     """Compute the attention maps of ``points`` on ``image_path`` and write the figure to
     ``out_file`` (atomically; PNG, or the format its extension names). The image is decoded
-    as in ``tools/infer.py``."""
+    as in ``ann-seg infer``."""
     if not points:
         raise ValueError("give at least one query point")
-    model = load_segmentor(config, checkpoint, device or default_device(), cfg_options)
+    model = build_segmentor(
+        config, device=device or default_device(), cfg_options=cfg_options, checkpoint=checkpoint
+    )
     try:
         image_bgr, _ = read_image(image_path)
     except ImageError as error:

@@ -1,5 +1,5 @@
-"""Folder inference sharded across processes, GPUs and machines (``tools/dist_infer.sh``,
-``tools/infer.py --launcher pytorch|slurm``).
+"""Folder inference sharded across processes, GPUs and machines (``ann-seg dist-infer``,
+``ann-seg infer --launcher pytorch|slurm``).
 
 * Ranks: torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``LOCAL_WORLD_SIZE``, or Slurm's
   ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID`` (tasks on this node from
@@ -18,7 +18,7 @@
   (rank 0's), and rank 0 waits at the end until every rank is done (a monitored barrier),
   then merges ``summary.json`` from all journals. When the group cannot be formed, a rank died
   or the barrier timed out, rank 0 still merges what exists and says what is missing;
-  ``tools/infer.py --merge-only --out-dir DIR`` (``merge_journals``) merges by hand.
+  ``ann-seg infer --merge-only --out-dir DIR`` (``merge_journals``) merges by hand.
 """
 
 import contextlib
@@ -34,9 +34,10 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import torch
 import torch.distributed as dist
 
+from ann_seg.mmseg.speed import default_device
+
 from .inputs import ImageTask, InferenceInputError
 from .journal import rebuild_summary
-from .precision import default_device
 from .threads import available_cores, choose_threads
 
 LAUNCHERS = ("none", "pytorch", "slurm")
@@ -105,10 +106,10 @@ def rank_info(launcher: str = "none", env: Optional[Dict[str, str]] = None) -> R
     if launcher == "none":
         return RankInfo()
     if launcher == "pytorch":
-        hint = "--launcher pytorch needs torchrun's environment; start with tools/dist_infer.sh"
+        hint = "--launcher pytorch needs torchrun's environment; start with ann-seg dist-infer"
         rank, world, local, local_world = (_env_int(env, k, hint) for k in _TORCHRUN_KEYS)
     else:
-        hint = "--launcher slurm needs srun's environment (srun ... tools/infer.py ...)"
+        hint = "--launcher slurm needs srun's environment (srun ... ann-seg infer ...)"
         rank, world, local = (_env_int(env, k, hint) for k in _SLURM_KEYS)
         per_node = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
         if per_node:

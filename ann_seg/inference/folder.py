@@ -1,9 +1,9 @@
-"""Segment images, folders and path lists with a trained checkpoint (``tools/infer.py``).
+"""Segment images, folders and path lists with a trained checkpoint (``ann-seg infer``).
 
 Built on mmseg's inference API: the model comes from ``mmseg.apis.init_model`` (weights loaded
 through ann_seg's weights-only checkpoint loader) and every batch goes through
 ``mmseg.apis.inference_model``, so the config's ``test_pipeline`` and ``test_cfg`` apply as in
-``tools/test.py`` (``test_cfg.mode='slide'``: sliding-window inference for images larger than
+``ann-seg test`` (``test_cfg.mode='slide'``: sliding-window inference for images larger than
 the crop). Around it this module adds what ``MMSegInferencer`` lacks: recursive folders and path
 lists with outputs named after (and mirroring) the input tree, robust image decoding with a
 per-file failure report, a journal of finished images (re-runs skip them), and atomic writes.
@@ -50,8 +50,8 @@ from ann_seg.io import (
     encode_logits,
     render_overlay,
 )
-from ann_seg.layers import fuse_for_inference
 from ann_seg.mmseg import build_segmentor
+from ann_seg.mmseg.speed import ResolvedSpeed, SpeedPolicy, apply_inference_speed
 
 from .distributed import (
     DEFAULT_TIMEOUT_S,
@@ -92,28 +92,9 @@ from .pipeline import (
     run_pipelined,
     with_no_grad_test_step,
 )
-from .precision import autocast_context, dtype_name, resolve_amp
 
 DEFAULT_OUT_DIR = "outputs/infer"
 LOGIT_FORMATS = ("npy", "npz")
-
-
-def load_segmentor(
-    config, checkpoint: str, device: str = "cpu", cfg_options: Optional[dict] = None
-) -> nn.Module:
-    """``build_segmentor`` with ``checkpoint`` (every key must match, except an auxiliary
-    head's, which inference does not use); ``model.dataset_meta`` set."""
-    return build_segmentor(config, device=device, cfg_options=cfg_options, checkpoint=checkpoint)
-
-
-def prepare_for_inference(model: nn.Module, fuse: bool = False) -> nn.Module:
-    """``fuse``: fold BatchNorms into convolutions and APNB/AFNB's output projections into
-    their fusion (``ann_seg.layers.fold``), channels-last weights; the predictions are the
-    float32 ones up to rounding. Returns ``model`` (in eval mode)."""
-    model.eval()
-    if fuse:
-        fuse_for_inference(model, channels_last=True)
-    return model
 
 
 def _plan_outputs(task: ImageTask, out_dir: str, overlay: bool, save_logits: Optional[str]) -> None:
@@ -187,13 +168,13 @@ class FolderInference:
         out_dir: str,
         outputs: OutputOptions,
         device: str,
-        amp_dtype=None,
+        speed: Optional[ResolvedSpeed] = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_bytes: Optional[int] = None,
         journal: Optional[Journal] = None,
     ):
         self.model, self.tasks, self.out_dir = model, tasks, out_dir
-        self.outputs, self.device, self.amp_dtype = outputs, device, amp_dtype
+        self.outputs, self.device, self.speed = outputs, device, speed
         self.max_pixels, self.max_bytes, self.journal = max_pixels, max_bytes, journal
         self.palette = model.dataset_meta["palette"]
         self.num_classes = len(model.dataset_meta["classes"])
@@ -231,7 +212,7 @@ class FolderInference:
         """``(item, result, seconds per image)`` for the items that ran."""
         start = time.perf_counter()
         try:
-            with autocast_context(self.device, self.amp_dtype):
+            with self.speed.context() if self.speed else contextlib.nullcontext():
                 results = self._predict(batch)
         except Exception as error:  # noqa: BLE001 - report, go on with the other images
             if len(batch) > 1:
@@ -308,8 +289,7 @@ def run_inference(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     cfg_options: Optional[dict] = None,
     progress: bool = True,
-    fuse: bool = False,
-    amp: Optional[str] = None,
+    speed: Optional[SpeedPolicy] = None,
     max_bytes: Optional[int] = None,
     workers: int = 0,
     pipeline: Optional[bool] = None,
@@ -319,8 +299,8 @@ def run_inference(
 ) -> dict:
     """Segment every image of ``input_path`` (image, folder or list file) into ``out_dir``.
 
-    ``fuse`` and ``amp`` select the fast inference mode (``prepare_for_inference``,
-    ``resolve_amp``); the summary records the mode used.
+    ``speed`` (``ann_seg.mmseg.speed``; default float32 as the config builds it) is applied
+    to the model (``apply_inference_speed``); the summary records what ran.
 
     Every finished image is appended to ``out_dir/journal.jsonl``; unless ``force``, images the
     journal records as done from the same input (name, size, mtime) whose outputs all exist
@@ -357,19 +337,17 @@ def run_inference(
     try:
         with sigterm_as_interrupt(info.launcher != "none"):
             device = rank_device(info, device)
-            amp_dtype = resolve_amp(amp, device)
-            if amp == "auto" and amp_dtype is None:
-                print(
-                    f"--amp auto: {device} has no native low precision (bfloat16 would be "
-                    "emulated, slower than float32); running in float32",
-                    file=sys.stderr,
-                )
-            model = load_segmentor(config, checkpoint, device, cfg_options)
-            model = prepare_for_inference(model, fuse)
+            resolved = (speed or SpeedPolicy()).resolve(device)
+            if resolved.note and info.rank == 0:
+                print(f"speed: {resolved.name} ({resolved.note})", file=sys.stderr)
+            model = build_segmentor(
+                config, device=device, cfg_options=cfg_options, checkpoint=checkpoint
+            )
+            apply_inference_speed(model, resolved)
             load_s = time.perf_counter() - start
             journal = Journal(out_dir, info.rank, info.world_size)
             runner = FolderInference(
-                model, tasks, out_dir, outputs, device, amp_dtype, max_pixels, max_bytes, journal
+                model, tasks, out_dir, outputs, device, resolved, max_pixels, max_bytes, journal
             )
             todo, skipped = [], []
             for index in mine:
@@ -385,7 +363,7 @@ def run_inference(
                 "input": str(input_path),
                 "out_dir": out_dir,
                 "device": device,
-                "inference_mode": {"fuse": bool(fuse), "autocast": dtype_name(amp_dtype)},
+                "speed": resolved.record(),
                 "test_cfg": dict(model.test_cfg) if model.test_cfg else {"mode": "whole"},
                 "classes": meta["classes"],
                 "palette": runner.palette,

@@ -1,5 +1,5 @@
 """Export a segmentor to ONNX and check it against PyTorch with onnxruntime
-(``tools/export_onnx.py``).
+(``ann-seg export-onnx``).
 
 The exported graph is ``SegmentorExportWrapper``: input ``image`` (B, 3, H, W) float32 RGB
 pixels in 0..255; output ``logits`` (B, num_classes, H, W) float32, the decode head's logits
@@ -31,8 +31,7 @@ import torch.nn.functional as F
 
 from ann_seg.io import atomic_path
 from ann_seg.layers.compat import torchscript_onnx_export_kwargs
-
-from .folder import load_segmentor
+from ann_seg.mmseg import build_segmentor
 
 DEFAULT_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
@@ -140,7 +139,7 @@ def export_onnx(
     """
     import onnx  # optional (dev extra)
 
-    model = load_segmentor(config, checkpoint, "cpu", cfg_options)
+    model = build_segmentor(config, cfg_options=cfg_options, checkpoint=checkpoint)
     wrapper = SegmentorExportWrapper(model).eval()
     height, width = (int(v) for v in (shape or default_export_shape(model)))
     if height < 8 or width < 8:

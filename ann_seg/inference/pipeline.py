@@ -1,4 +1,4 @@
-"""The pipelined loop of folder inference (``tools/infer.py --workers N``).
+"""The pipelined loop of folder inference (``ann-seg infer --workers N``).
 
 Three stages overlap: ``torch.utils.data.DataLoader`` workers read and decode each image
 (``ann_seg.io.read_image``) and run the config's test pipeline on it as

@@ -1,8 +1,8 @@
-"""How many CPU threads torch uses in ``tools/infer.py`` and the benchmark tools.
+"""How many CPU threads torch uses in ``ann-seg infer`` and the benchmark tools.
 
 PyTorch's default is one OpenMP thread per core. When other processes keep cores busy, every
 parallel region waits for a descheduled thread: on a 2-core machine with one other busy
-process, ``tools/infer.py`` with torch's default 2 threads ran 12-23x slower than with 1. The
+process, ``ann-seg infer`` with torch's default 2 threads ran 12-23x slower than with 1. The
 default here therefore takes only the cores the 1-minute load average leaves free, at least 1
 and at most torch's default; ``OMP_NUM_THREADS`` in the environment, or ``--threads N``, wins.
 """

@@ -11,13 +11,17 @@ with the pairwise function ``f`` and normaliser ``C``:
 pairwise   f(q_i, k_j)                      C          how it is computed
 ========== ================================ ========== ==========================================
 softmax    exp(scale * q_i . k_j)           sum_j f    ``scaled_dot_product_attention`` (no N x S
-                                                       matrix kept), in float32 under autocast
+                                                       matrix kept), in the autocast or input
+                                                       dtype: its kernels accumulate in float32
 dot        q_i . k_j                        S          ``q (k^T v) / S``: O((N + S) C^2), no N x S
 concat     ReLU(q_i + k_j), q, k scalars    S          sort + suffix sums: O((N + S) log S C),
                                                        exact, no N x S matrix
 ========== ================================ ========== ==========================================
 
-All three compute in (at least) float32 and return the autocast dtype under autocast.
+``dot`` and ``concat`` sum ``S`` unnormalised terms and compute in float32 (half-precision
+sums overflow); ``softmax`` normalises, and SDPA's fused kernels keep float32 accumulators, so
+it runs in the low precision (on CUDA only fp16/bf16 have the flash kernels). Every form
+returns the autocast dtype under autocast, else the input's dtype.
 Gaussian and embedded Gaussian are both ``softmax``; they differ in the projections the block
 applies before. ``backend='explicit'`` forms the ``N x S`` matrix with plain matmuls (the
 reference formulation; concat is then chunked over queries to bound memory).
@@ -69,26 +73,21 @@ def _float32(*tensors):
 def softmax_attention(
     query, key, value, scale: Optional[float] = None, backend: str = "auto"
 ) -> torch.Tensor:
-    """``softmax(scale * q k^T) v`` in at least float32 (autocast is disabled inside:
-    half-precision logits overflow). ``scale=None`` means ``Ck ** -0.5``."""
+    """``softmax(scale * q k^T) v``; ``scale=None`` means ``Ck ** -0.5``. Through SDPA in the
+    autocast (or input) dtype; the explicit form (and the ONNX trace below torch 2.5) in
+    float32, since its half-precision ``N x S`` logits overflow (pytorch #40497)."""
     out_dtype = output_dtype(value)
     scale = query.shape[-1] ** -0.5 if scale is None else scale
-    with torch.autocast(value.device.type, enabled=False):
-        q, k, v = _float32(query, key, value)
-        if backend == "explicit" or (torch.jit.is_tracing() and not SDPA_EXPORTS_TO_ONNX):
+    if backend == "explicit" or (torch.jit.is_tracing() and not SDPA_EXPORTS_TO_ONNX):
+        with torch.autocast(value.device.type, enabled=False):
+            q, k, v = _float32(query, key, value)
             weights = torch.softmax(torch.bmm(q, k.transpose(1, 2)) * scale, dim=-1)
-            out = torch.bmm(weights, v)
-        else:
-            # the fused (flash) CPU kernel needs contiguous inputs; on strided views (our
-            # (B, C, N) -> (B, N, C) transposes) SDPA silently falls back to the math kernel,
-            # which materialises the N x S matrix
-            out = F.scaled_dot_product_attention(
-                q.contiguous()[:, None],
-                k.contiguous()[:, None],
-                v.contiguous()[:, None],
-                scale=scale,
-            )[:, 0]
-    return out.to(out_dtype)
+            return torch.bmm(weights, v).to(out_dtype)
+    # the fused (flash) CPU kernel needs contiguous inputs; on strided views (our
+    # (B, C, N) -> (B, N, C) transposes) SDPA silently falls back to the math kernel, which
+    # materialises the N x S matrix
+    q, k, v = (t.to(out_dtype).contiguous()[:, None] for t in (query, key, value))
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)[:, 0]
 
 
 def dot_attention(query, key, value, backend: str = "auto") -> torch.Tensor:

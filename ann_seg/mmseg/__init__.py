@@ -10,7 +10,7 @@ data set's generator. Registered for the configs as well: ``hooks`` (``AtomicChe
 mode, ``enable_fast_training``); ``data_check`` scans a config's data sets.
 """
 
-from . import datasets, fast, heads, hooks, losses, transforms  # noqa: F401  (register in mmseg)
+from . import amp, datasets, fast, heads, hooks, losses, transforms  # noqa: F401  (registries)
 from .builder import ModelLoadError, build_segmentor, load_weights, resolve_dataset_meta
 from .checkpoint import (
     CorruptCheckpointError,
@@ -21,7 +21,7 @@ from .checkpoint import (
 )
 from .config import load_config, packaged_config
 from .data_check import DataCheckError, check_dataset, format_report
-from .fast import FastTrainingHook, enable_fast_training, enable_fast_training_cfg
+from .fast import FastTrainingHook, enable_fast_training
 from .hooks import (
     AtomicCheckpointHook,
     SkippedSamplesHook,
@@ -45,7 +45,6 @@ __all__ = [
     "build_segmentor",
     "check_dataset",
     "enable_fast_training",
-    "enable_fast_training_cfg",
     "checkpoint_loads",
     "format_report",
     "install_checkpoint_safety",

@@ -10,7 +10,7 @@ convention; the repository's ``configs/`` links there). Refer to one by a path, 
 import ast
 import difflib
 import os.path as osp
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import mmengine.config.config as mmengine_config_module
 from mmengine.config import Config
@@ -144,6 +144,32 @@ def load_config(
     elif cfg.get("work_dir", None) is None:
         cfg.work_dir = osp.join("./work_dirs", config_name(config))
     return cfg
+
+
+def _size(text: str) -> tuple:
+    parts = text.lower().split("x")
+    if len(parts) > 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ConfigError(f"--slide: sizes are H or HxW in pixels, got {text!r}")
+    return (int(parts[0]), int(parts[-1]))
+
+
+def slide_options(config: ConfigLike, window: Sequence[str] = ()) -> dict:
+    """``--slide [CROP [STRIDE]]`` as cfg-options: mmseg's sliding-window test mode with crop
+    CROP (default: the config's ``crop_size``) and stride STRIDE (default 2/3 of the crop, as
+    mmseg's 769x769 Cityscapes configs: stride 513)."""
+    if len(window) > 2:
+        raise ConfigError(f"--slide takes at most CROP and STRIDE, got {list(window)}")
+    if window:
+        crop = _size(window[0])
+    else:
+        crop = read_config(config).get("crop_size", None)
+        if crop is None:
+            raise ConfigError(f"--slide: {config} has no crop_size; give one: --slide 512x1024")
+        crop = (int(crop[0]), int(crop[1]))
+    stride = _size(window[1]) if len(window) > 1 else tuple(max(1, c * 2 // 3) for c in crop)
+    if stride[0] > crop[0] or stride[1] > crop[1]:
+        raise ConfigError(f"--slide: stride {stride} is larger than the crop {crop}")
+    return {"+model.test_cfg": dict(mode="slide", crop_size=crop, stride=stride)}
 
 
 def replace_sync_bn(node) -> None:

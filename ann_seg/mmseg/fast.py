@@ -1,4 +1,4 @@
-"""The fast training mode (``tools/train.py --fast``, ``--fast-checkpoint``): one function,
+"""The fast training mode (``ann-seg train --fast``, ``--fast-checkpoint``): one function,
 ``enable_fast_training``, applied to a built segmentor by the training hook and by the
 benchmark's ``+fast`` / ``+cp`` variants.
 
@@ -6,8 +6,8 @@ It changes how the model computes, not what: parameters, buffers and state-dict 
 they are (a checkpoint saved in fast mode loads strictly into the plain model and back), and
 every output and gradient equals the plain model's up to float rounding.
 
-* Channels-last (on CUDA by default, off on the CPU, where it did not pay in training: the
-  R-101 backbone's step 1.06-1.09x slower, the head's peak 18 % higher on this project's Xeon):
+* Channels-last (the speed policy turns it on on CUDA and for low precision on the CPU; in CPU
+  float32 it did not pay: the R-101 backbone's step 1.06-1.09x slower on a Xeon):
   every 4-d parameter (conv weights) in channels-last memory format, and the backbone's input
   converted on entry (a forward pre-hook), so the data preprocessor's output and the
   benchmark's images reach the convolutions NHWC, and the attention blocks read their queries
@@ -20,10 +20,11 @@ every output and gradient equals the plain model's up to float rounding.
   per step; mmseg's own ``with_cp`` updates them twice). Less memory, more time.
 
 In mmengine's Runner the mode is the hook ``FastTrainingHook`` (config:
-``custom_hooks = [dict(type="FastTrainingHook", checkpoint=False)]``; ``enable_fast_training_cfg``
-adds it). It applies the mode in ``before_train``, after the weights were initialised and a
-checkpoint loaded: random initialisation of a channels-last tensor draws its values in memory
-order, so converting first would train from other initial weights than the plain mode.
+``custom_hooks = [dict(type="FastTrainingHook", checkpoint=False)]``; the speed policy's
+``apply_training_speed`` adds it). It applies the mode in ``before_train``, after the weights
+were initialised and a checkpoint loaded: random initialisation of a channels-last tensor
+draws its values in memory order, so converting first would train from other initial weights
+than the plain mode.
 """
 
 from typing import Dict, Optional
@@ -40,7 +41,6 @@ from ann_seg.layers import AttentionFusionBlock, set_activation_checkpointing
 
 from .config import ConfigError
 
-FAST_MODES = ("off", "on", "checkpoint")
 RESIDUAL_BLOCKS = (BasicBlock, Bottleneck)  # mmseg's ResNet/ResNetV1c/ResNeXt blocks
 HOOK_TYPE = "FastTrainingHook"
 
@@ -103,34 +103,6 @@ def enable_fast_training(
             set_activation_checkpointing(module)
             counts["checkpointed"] += 1
     return counts
-
-
-def check_fast_mode(mode: str) -> str:
-    if mode not in FAST_MODES:
-        raise ConfigError(f"fast training mode must be one of {FAST_MODES}, got {mode!r}")
-    return mode
-
-
-def enable_fast_training_cfg(cfg, mode: str = "on"):
-    """Add ``FastTrainingHook`` to ``cfg.custom_hooks`` (``mode``: ``'on'`` or
-    ``'checkpoint'``; ``'off'`` changes nothing). Refuses a config that has the hook already
-    with another setting. Returns ``cfg``."""
-    if check_fast_mode(mode) == "off":
-        return cfg
-    checkpoint = mode == "checkpoint"
-    hooks = list(cfg.get("custom_hooks", None) or [])
-    for hook in hooks:
-        if hook.get("type") == HOOK_TYPE:
-            if bool(hook.get("checkpoint", False)) != checkpoint:
-                raise ConfigError(
-                    f"the config's custom_hooks already hold {HOOK_TYPE} with checkpoint="
-                    f"{hook.get('checkpoint', False)!r}; the command line asks for "
-                    f"checkpoint={checkpoint}"
-                )
-            return cfg
-    hooks.append(dict(type=HOOK_TYPE, checkpoint=checkpoint))
-    cfg.custom_hooks = hooks
-    return cfg
 
 
 @HOOKS.register_module()

@@ -21,13 +21,16 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
-from ann_seg.layers.compat import native_low_precision_dtype
-
-from . import amp as _amp  # noqa: F401  (registers CPUAutocastOptimWrapper)
 from .builder import load_weights
 from .config import ConfigError, ConfigLike, load_config, replace_sync_bn
 from .data_check import DataCheckError, check_dataset, format_report
-from .fast import enable_fast_training_cfg
+from .speed import (
+    SpeedPolicy,
+    announce,
+    apply_inference_speed,
+    apply_training_speed,
+    default_device,
+)
 
 
 def end_process_group() -> None:
@@ -48,7 +51,7 @@ def setup_launcher(cfg: Config, launcher: str = "none") -> Config:
                 if key not in os.environ:
                     raise RuntimeError(
                         f"--launcher pytorch needs torchrun's environment "
-                        f"({key} is not set); start with tools/dist_train.sh"
+                        f"({key} is not set); start with ann-seg dist-train"
                     )
             dist.init_process_group(backend="gloo")
         cfg.env_cfg = dict(cfg.get("env_cfg", {}), dist_cfg=dict(backend="gloo"))
@@ -60,36 +63,6 @@ def setup_launcher(cfg: Config, launcher: str = "none") -> Config:
             find_unused_parameters=cfg.get("find_unused_parameters", False),
         )
         replace_sync_bn(cfg._cfg_dict)
-    return cfg
-
-
-def enable_amp(cfg: Config) -> Config:
-    """``--amp``: float16 autocast with dynamic loss scaling on CUDA (mmengine's
-    ``AmpOptimWrapper``); on a CPU with native bfloat16 (AVX512-BF16 or AMX), bfloat16
-    autocast with a plain optimizer step (``CPUAutocastOptimWrapper``: mmengine's AMP wrapper
-    refuses CPUs); on other CPUs bfloat16 would be emulated, several times slower than
-    float32, so training stays in float32 and the log says so."""
-    wrapper = cfg.optim_wrapper.type
-    if wrapper in ("AmpOptimWrapper", "CPUAutocastOptimWrapper"):
-        print_log(f"--amp: the config already uses {wrapper}", logger="current")
-        return cfg
-    if wrapper != "OptimWrapper":
-        raise ConfigError(f'--amp needs optim_wrapper.type "OptimWrapper", got {wrapper!r}')
-    if torch.cuda.is_available():
-        cfg.optim_wrapper.type = "AmpOptimWrapper"
-        cfg.optim_wrapper.loss_scale = "dynamic"
-        print_log("--amp: float16 autocast with dynamic loss scaling (CUDA)", logger="current")
-    elif native_low_precision_dtype("cpu") is not None:
-        cfg.optim_wrapper.type = "CPUAutocastOptimWrapper"
-        cfg.optim_wrapper.dtype = "bfloat16"
-        print_log("--amp: bfloat16 autocast on the CPU (native bf16 here)", logger="current")
-    else:
-        print_log(
-            "--amp: this CPU has no native bfloat16 (no AVX512-BF16 or AMX); autocast would be "
-            "emulated and several times slower than float32, so training runs in float32",
-            logger="current",
-            level=logging.WARNING,
-        )
     return cfg
 
 
@@ -115,18 +88,17 @@ def train(
     config: ConfigLike,
     work_dir: Optional[str] = None,
     resume: bool = False,
-    amp: bool = False,
+    speed: Optional[SpeedPolicy] = None,
     cfg_options: Optional[dict] = None,
     launcher: str = "none",
     verbose: bool = True,
     check_data: bool = False,
-    fast: str = "off",
 ):
     """Train as ``mmseg``'s ``tools/train.py``; returns the trained model. ``check_data``:
     first scan the train and val sets (``check_dataset``), print the report, and raise
-    ``DataCheckError`` without training if it found problems. ``fast``: ``'off'``, ``'on'``
-    (the fast training mode: ``ann_seg.mmseg.fast``) or ``'checkpoint'`` (fast mode with exact
-    activation checkpointing); added as the config's ``FastTrainingHook``."""
+    ``DataCheckError`` without training if it found problems. ``speed``: the speed policy
+    (``ann_seg.mmseg.speed``), written into the config (optimizer wrapper, ``FastTrainingHook``)
+    so that the config dumped into the work dir trains the same under mmseg's own tools."""
     cfg = load_config(config, cfg_options, work_dir)
     if check_data:
         splits = [s for s in ("train", "val") if cfg.get(f"{s}_dataloader")]
@@ -138,11 +110,11 @@ def train(
                 "(table above); training not started"
             )
     setup_launcher(cfg, launcher)
-    if amp:
-        enable_amp(cfg)
-    enable_fast_training_cfg(cfg, fast)
+    resolved = (speed or SpeedPolicy()).resolve(default_device())
+    apply_training_speed(cfg, resolved)
     cfg.resume = resume
     runner = build_runner(cfg, verbose)
+    announce(resolved)
     model = runner.train()
     end_process_group()
     return model
@@ -192,13 +164,16 @@ def test(
     strict: bool = True,
     show_interval: int = 1,
     verbose: bool = True,
+    speed: Optional[SpeedPolicy] = None,
 ) -> dict:
     """Evaluate ``checkpoint`` as ``mmseg``'s ``tools/test.py``; returns the metrics dict.
 
     ``strict`` (default): the checkpoint must hold every weight of the config's model and
     nothing else (``ModelLoadError`` names the missing and unexpected keys); mmseg's own
     test.py loads non-strictly and scores a wrong checkpoint. ``show_dir``: painted
-    predictions of every ``show_interval``-th image, under the work dir when relative."""
+    predictions of every ``show_interval``-th image, under the work dir when relative.
+    ``speed``: the inference speed policy, applied to the loaded model
+    (``apply_inference_speed``)."""
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     cfg = load_config(config, cfg_options, work_dir)
@@ -213,9 +188,16 @@ def test(
     if not strict:
         cfg.load_from = checkpoint
     runner = build_runner(cfg, verbose)
+    model = getattr(runner.model, "module", runner.model)  # DDP / TTA wrappers
     if strict:
-        model = getattr(runner.model, "module", runner.model)  # DDP / TTA wrappers
         load_weights(model, checkpoint, config=config)
+    resolved = (speed or SpeedPolicy()).resolve(default_device())
+    if resolved.name != "fp32":
+        if not strict:  # the Runner loads ``load_from`` in test(): load it now, then apply
+            runner.load_or_resume()
+            runner._load_from = None
+        apply_inference_speed(model, resolved)
+        announce(resolved)
     metrics = runner.test()
     end_process_group()
     if show_dir:

@@ -37,10 +37,7 @@ def mmseg_tiny(tmp_path_factory):
 
 
 def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, osp.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"ann_seg.tools.{name}")
 
 
 def finite(*values):

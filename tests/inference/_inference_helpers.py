@@ -7,7 +7,7 @@ import importlib.util
 import os.path as osp
 
 import torch
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS
 
 DEMO_CONFIG = osp.join(CONFIGS, "demo", "ann_r18-d8_1xb8-600it_synthetic-128x256.py")
 
@@ -57,10 +57,5 @@ def make_checkpoint(config: str, path: str, scale: float = 0.3, seed: int = 0) -
 
 
 def load_tool(name: str):
-    """Import ``tools/<name>.py`` as a module (its ``main(argv)`` runs in-process)."""
-    spec = importlib.util.spec_from_file_location(
-        f"ann_seg_tool_{name}", osp.join(REPO, "tools", f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``ann_seg.tools.<name>`` (its ``main(argv)`` runs in-process)."""
+    return importlib.import_module(f"ann_seg.tools.{name}")

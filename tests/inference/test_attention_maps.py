@@ -6,15 +6,15 @@ import pytest
 import torch
 from _inference_helpers import DEMO_CONFIG, load_tool, make_checkpoint
 
-from ann_seg import cli
-from ann_seg.inference import load_segmentor
 from ann_seg.inference.attention_maps import (
     COLORBAR_LABEL,
     attention_figure,
     compute_attention_maps,
     find_attention_blocks,
 )
+from ann_seg.mmseg import build_segmentor
 from ann_seg.mmseg.synthetic import render_long_range_sample
+from ann_seg.tools import cli
 
 pytestmark = pytest.mark.usefixtures("single_thread_module")
 
@@ -27,7 +27,7 @@ def demo_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(demo_checkpoint):
-    return load_segmentor(DEMO_CONFIG, demo_checkpoint, "cpu")
+    return build_segmentor(DEMO_CONFIG, checkpoint=demo_checkpoint)
 
 
 def astronaut_bgr(height=88, width=120):

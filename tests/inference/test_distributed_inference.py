@@ -56,7 +56,7 @@ def test_rank_environments():
     torchrun = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
     assert distributed.rank_info("pytorch", torchrun) == distributed.RankInfo(3, 4, 1, 2, "pytorch")
     assert distributed.rank_info("none", torchrun) == distributed.RankInfo()
-    with pytest.raises(InferenceInputError, match="LOCAL_WORLD_SIZE is not set.*dist_infer.sh"):
+    with pytest.raises(InferenceInputError, match="LOCAL_WORLD_SIZE is not set.*dist-infer"):
         distributed.rank_info(
             "pytorch", {k: v for k, v in torchrun.items() if k != "LOCAL_WORLD_SIZE"}
         )
@@ -180,7 +180,7 @@ def test_rank_journals_merge_into_one_summary(tmp_path, capsys):
 
 def test_merge_only_without_journal_is_an_input_error(tmp_path, capsys):
     infer = load_tool("infer")
-    from ann_seg import cli
+    from ann_seg.tools import cli
 
     assert cli.run(infer.main, ["--merge-only", "--out-dir", str(tmp_path)]) == 2
     assert "nothing to merge" in capsys.readouterr().err

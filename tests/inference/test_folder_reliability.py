@@ -17,11 +17,12 @@ from _inference_helpers import load_tool, make_checkpoint, write_tiny_slide_conf
 from conftest import REPO
 
 import ann_seg.io.images as images_module
-from ann_seg import cli, inference
+from ann_seg import inference
 from ann_seg import io as ann_io
 from ann_seg.inference import folder, inputs
 from ann_seg.inference.journal import JOURNAL_NAME, journal_entries, rebuild_summary
 from ann_seg.mmseg.synthetic import render_long_range_sample
+from ann_seg.tools import cli
 
 pytestmark = pytest.mark.usefixtures("single_thread_module")
 

@@ -14,9 +14,10 @@ from conftest import REPO
 from PIL import Image
 
 import ann_seg.io.atomic
-from ann_seg import cli, inference
+from ann_seg import inference
 from ann_seg import io as ann_io
 from ann_seg.mmseg.synthetic import render_long_range_sample, synthetic_metainfo
+from ann_seg.tools import cli
 
 PALETTE = [list(c) for c in synthetic_metainfo(4)["palette"]]
 

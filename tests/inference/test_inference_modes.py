@@ -1,6 +1,7 @@
-"""Fast inference modes (tools/infer.py --fuse/--amp, tools/benchmark_inference.py): they
+"""Fast inference modes (ann-seg infer --fast/--fuse/--precision, benchmark-inference): they
 compute what float32 computes, and the comparison reports it."""
 
+import contextlib
 import glob
 import json
 import os.path as osp
@@ -12,14 +13,18 @@ import torch
 from _inference_helpers import DEMO_CONFIG, load_tool
 from mmseg.apis import inference_model
 
-from ann_seg import cli, inference
+from ann_seg import inference
 from ann_seg.benchmark import inference_modes
 from ann_seg.inference.folder import LABEL_DIR
 from ann_seg.io import read_label_png
 from ann_seg.layers.compat import native_low_precision_dtype
+from ann_seg.mmseg import build_segmentor
+from ann_seg.mmseg.speed import SpeedPolicy
 from ann_seg.mmseg.synthetic import render_long_range_sample, synthetic_metainfo
+from ann_seg.tools import cli
 
 pytestmark = pytest.mark.usefixtures("single_thread_module")
+FAST = SpeedPolicy.fast("infer")
 
 
 def make_calibrated_checkpoint(path, images_rgb):
@@ -77,13 +82,13 @@ def read_labels(out_dir):
     }
 
 
-def test_infer_fuse_and_amp_keep_the_predictions(demo, tmp_path):
+def test_infer_fuse_and_low_precision_keep_the_predictions(demo, tmp_path):
     checkpoint, images = demo
     runs = {}
     for name, options in {
         "plain": {},
-        "fuse": dict(fuse=True),
-        "fuse_bf16": dict(fuse=True, amp="on"),
+        "fuse": dict(speed=SpeedPolicy(fuse=True)),
+        "fuse_bf16": dict(speed=SpeedPolicy(fuse=True, precision="bf16")),
     }.items():
         out = str(tmp_path / name)
         summary = inference.run_inference(
@@ -101,8 +106,10 @@ def test_infer_fuse_and_amp_keep_the_predictions(demo, tmp_path):
             read_labels(out),
             np.load(osp.join(out, "logits", "sample_0.png.npy")),
         )
-    assert runs["plain"][0]["inference_mode"] == {"fuse": False, "autocast": None}
-    assert runs["fuse_bf16"][0]["inference_mode"] == {"fuse": True, "autocast": "bfloat16"}
+    assert runs["plain"][0]["speed"]["name"] == "fp32"
+    assert runs["fuse_bf16"][0]["speed"]["name"] == "bf16+cl+fuse"
+    assert runs["fuse_bf16"][0]["speed"]["requested"]["precision"] == "bf16"
+    assert runs["fuse_bf16"][2].dtype == np.float16  # logits stored as float16, computed fp32
     plain_labels, plain_logits = runs["plain"][1], runs["plain"][2].astype(np.float32)
     assert len(np.unique(plain_labels["a"])) > 1  # a check on a constant map would be void
     for name in ("fuse", "fuse_bf16"):
@@ -115,52 +122,50 @@ def test_infer_fuse_and_amp_keep_the_predictions(demo, tmp_path):
             assert agreement > 0.9 and rel < 0.1, (agreement, rel)
 
 
-def test_amp_auto_follows_the_hardware(demo, tmp_path, capsys):
+def test_fast_follows_the_hardware(demo, tmp_path, capsys):
     checkpoint, images = demo
     summary = inference.run_inference(
-        DEMO_CONFIG, checkpoint, images, str(tmp_path), progress=False, amp="auto"
+        DEMO_CONFIG, checkpoint, images, str(tmp_path), progress=False, speed=FAST
     )
     native = native_low_precision_dtype("cpu")
-    expected = str(native).replace("torch.", "") if native else None
-    assert summary["inference_mode"]["autocast"] == expected
+    expected = {None: "fp32", torch.bfloat16: "bf16"}[native]
+    assert summary["speed"]["precision"] == expected
+    assert summary["speed"]["requested"]["precision"] == "auto"
     if native is None:
         assert "no native low precision" in capsys.readouterr().err
-    assert inference.resolve_amp("on", "cpu") == torch.bfloat16
-    assert inference.resolve_amp("off", "cpu") is None
-    with pytest.raises(inference.InferenceInputError, match="amp must be one of"):
-        inference.resolve_amp("fast", "cpu")
 
 
 def test_compare_inference_modes(demo):
     checkpoint, images = demo
     result = inference_modes.compare_inference_modes(
-        DEMO_CONFIG, checkpoint, images, modes=["fuse", "bf16", "fuse"], warmup=1, progress=False
+        DEMO_CONFIG, checkpoint, images, modes=["fuse", "amp", "fuse"], warmup=1, progress=False
     )
     rows = {row["mode"]: row for row in result["rows"]}
-    assert list(rows) == ["float32", "fuse", "bf16"]  # the reference first, duplicates dropped
+    assert list(rows) == ["fp32", "fuse", "amp"]  # the reference first, duplicates dropped
     meta = result["meta"]
     assert meta["images"] == 3 and meta["pixels"] == 2 * 64 * 128 + 48 * 80
     assert [f["name"] for f in meta["failures"]] == ["zz_broken.png"]
-    ref = rows["float32"]
+    ref = rows["fp32"]
     assert ref["pixel_agreement"] == ref["speedup"] == 1.0 and ref["logit_rel_l2_max"] == 0
-    # the bf16 row against labels computed here, independently of the comparison's code
+    # the amp row (bfloat16 autocast) against labels computed here, independently of the
+    # comparison's code
     labels = {}
-    for name, dtype in (("float32", None), ("bf16", torch.bfloat16)):
-        model = inference.load_segmentor(DEMO_CONFIG, checkpoint, "cpu")
+    for name, dtype in (("fp32", None), ("amp", torch.bfloat16)):
+        model = build_segmentor(DEMO_CONFIG, checkpoint=checkpoint)
         labels[name] = []
         for path in sorted(glob.glob(osp.join(images, "sample_*.png"))):
-            with torch.no_grad(), inference.autocast_context("cpu", dtype):
+            context = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
+            with torch.no_grad(), context:
                 prediction = inference_model(model, cv2.imread(path))
             labels[name].append(prediction.pred_sem_seg.data[0].numpy())
-    equal = sum(int((a == b).sum()) for a, b in zip(labels["float32"], labels["bf16"]))
-    assert rows["bf16"]["pixel_agreement"] == pytest.approx(equal / meta["pixels"], abs=1e-4)
-    assert rows["fuse"]["fuse"] and rows["fuse"]["autocast"] is None
+    equal = sum(int((a == b).sum()) for a, b in zip(labels["fp32"], labels["amp"]))
+    if native_low_precision_dtype("cpu") is not None:  # auto: bf16 here, else fp32
+        assert rows["amp"]["pixel_agreement"] == pytest.approx(equal / meta["pixels"], abs=1e-4)
+        assert rows["amp"]["speed"]["name"] == "bf16+amp"
+        assert 0 < rows["amp"]["logit_rel_l2_max"] < 0.1
+    assert rows["fuse"]["speed"]["name"] == "fp32+fuse"
     assert rows["fuse"]["pixel_agreement"] > 0.999 and rows["fuse"]["logit_rel_l2_max"] < 1e-4
-    assert rows["bf16"]["autocast"] == "bfloat16"
-    assert 0 < rows["bf16"]["logit_rel_l2_max"] < 0.1
-    assert (
-        0.9 < rows["bf16"]["pixel_agreement"] < 1.0 or rows["bf16"]["worst_image_agreement"] > 0.9
-    )
+    assert rows["amp"]["pixel_agreement"] > 0.9 or rows["amp"]["worst_image_agreement"] > 0.9
     for row in rows.values():
         lat = row["latency_ms"]
         assert 0 < lat["min"] <= lat["median"] <= lat["max"]
@@ -175,15 +180,15 @@ def test_random_weights_and_bad_modes(demo):
         DEMO_CONFIG,
         inference_modes.RANDOM_WEIGHTS,
         images,
-        modes=["float32", "fuse"],
+        modes=["fp32", "fuse"],
         warmup=0,
         max_images=1,
         progress=False,
     )
     fuse = result["rows"][1]
     assert result["meta"]["images"] == 1 and fuse["logit_rel_l2_max"] < 1e-4
-    with pytest.raises(ValueError, match="unknown inference mode"):
-        inference_modes.check_modes(["float32", "int8"])
+    with pytest.raises(ValueError, match="inference mode 'int8'.*unknown suffix"):
+        inference_modes.check_modes(["fp32", "int8"])
 
 
 def test_cli(demo, tmp_path, capsys):
@@ -208,9 +213,9 @@ def test_cli(demo, tmp_path, capsys):
         == 0
     )
     captured = capsys.readouterr()
-    assert "| float32 |" in captured.out and "| fuse |" in captured.out
+    assert "| fp32 |" in captured.out and "| fuse |" in captured.out
     assert "skipped zz_broken.png" in captured.err
     data = json.loads(out.read_text())
-    assert [r["mode"] for r in data["rows"]] == ["float32", "fuse"]
+    assert [r["mode"] for r in data["rows"]] == ["fp32", "fuse"]
     assert cli.run(tool.main, [DEMO_CONFIG, checkpoint, str(tmp_path / "missing")]) == 2
     assert "error:" in capsys.readouterr().err

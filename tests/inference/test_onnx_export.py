@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from _inference_helpers import DEMO_CONFIG, load_tool, make_checkpoint
 
-from ann_seg.inference import load_segmentor
 from ann_seg.inference.onnx_export import (
     ExportCheckError,
     SegmentorExportWrapper,
@@ -18,6 +17,7 @@ from ann_seg.inference.onnx_export import (
 )
 from ann_seg.layers import PyramidPoolingSampler
 from ann_seg.layers.compat import torchscript_onnx_export_kwargs
+from ann_seg.mmseg import build_segmentor
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -34,7 +34,7 @@ def demo_checkpoint(tmp_path_factory):
 def test_wrapper_is_mmseg_whole_inference(demo_checkpoint):
     """RGB 0..255 in, upsampled logits out: the data preprocessor + ``EncoderDecoder.inference``
     of mmseg (BGR input, as mmcv loads it)."""
-    model = load_segmentor(DEMO_CONFIG, demo_checkpoint, "cpu")
+    model = build_segmentor(DEMO_CONFIG, checkpoint=demo_checkpoint)
     wrapper = SegmentorExportWrapper(model).eval()
     rgb = torch.rand(1, 3, 88, 120, generator=torch.Generator().manual_seed(0)) * 255
     data = model.data_preprocessor({"inputs": [rgb[0].flip(0)]}, False)
@@ -65,7 +65,9 @@ def test_export_matches_pytorch(tmp_path, demo_checkpoint, dynamic, capsys):
     assert session.get_inputs()[0].name == "image"
     assert session.get_outputs()[0].name == "logits"
     if dynamic:  # a third size, odd and small (8 x 13 features)
-        wrapper = SegmentorExportWrapper(load_segmentor(DEMO_CONFIG, demo_checkpoint)).eval()
+        wrapper = SegmentorExportWrapper(
+            build_segmentor(DEMO_CONFIG, checkpoint=demo_checkpoint)
+        ).eval()
         checks = verify_onnx(str(out), wrapper, [(1, 61, 99)])
         assert checks[0]["ok"] and checks[0]["max_abs_diff"] < 1e-4
     else:

@@ -23,10 +23,7 @@ WITH_IGNORE = "longreach/longreach_000002_000019"  # valid: 255 stripes
 
 
 def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, osp.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"ann_seg.tools.{name}")
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +87,7 @@ def test_check_dataset_tool_names_every_bad_file(broken_root, tmp_path):
 def test_check_dataset_in_process_clean_set_and_exit_codes(
     broken_root, cityscapes_root, tmp_path, capsys
 ):
-    from ann_seg import cli
+    from ann_seg.tools import cli
 
     tool = _tool("check_dataset")
     # a clean set through a real-data config (mmseg's own loading transforms): exit 0

@@ -19,7 +19,7 @@ from ann_seg.mmseg import (
     FastTrainingHook,
     build_segmentor,
     enable_fast_training,
-    enable_fast_training_cfg,
+    speed,
 )
 from ann_seg.mmseg.builder import load_weights
 from ann_seg.mmseg.config import ConfigError, load_config
@@ -193,35 +193,55 @@ def test_checkpointing_alone_is_exact_and_reversible():
     assert other.state_dict().keys() == block.state_dict().keys()
 
 
-def test_benchmark_variants_call_the_fast_mode():
+def test_benchmark_variants_call_the_fast_mode(monkeypatch):
     config = "ann_seg::demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py"
-    assert split_variant(config + "+fast+cp") == (config, ("fast", "cp"))
-    _, model = build_benchmark_model(config + "+fast+cp")
+    path, policy, extra = split_variant(config + "+fast+cp")
+    assert (path, policy.precision, policy.fast_graph, policy.checkpoint) == (config, "auto", 1, 1)
+    # a CPU without native low precision: +fast is float32 and, as in training, contiguous
+    monkeypatch.setattr(speed, "native_low_precision_dtype", lambda device: None)
+    _, model = build_benchmark_model(config + "+fast+cp", mode="train")
     assert model.decode_head.fusion.factored_fusion
     assert is_activation_checkpointed(model.decode_head.context)
-    assert model.backbone.stem[0].weight.is_contiguous()  # CPU: as in training, no NHWC
-    _, model = build_benchmark_model(config + "+fast+cl")  # forced
+    assert model.backbone.stem[0].weight.is_contiguous()
+    assert model.benchmark_speed.name == "fp32+fast+cp"
+    _, model = build_benchmark_model(config + "+fast+cl", mode="train")  # forced
     assert model.backbone.stem[0].weight.is_contiguous(memory_format=CL)
     assert model.decode_head.fusion.factored_fusion
-    _, model = build_benchmark_model(config + "+cp")  # checkpointing alone: layout unchanged
+    # native bf16: +fast trains channels-last under bf16 autocast
+    monkeypatch.setattr(speed, "native_low_precision_dtype", lambda device: torch.bfloat16)
+    _, model = build_benchmark_model(config + "+fast", mode="train")
+    assert model.backbone.stem[0].weight.is_contiguous(memory_format=CL)
+    assert model.benchmark_speed.name == "bf16+cl+fast"
+    _, model = build_benchmark_model(config + "+cp", mode="train")  # checkpointing alone
     assert is_activation_checkpointed(model.decode_head.fusion)
     assert not model.decode_head.fusion.factored_fusion
     assert model.backbone.stem[0].weight.is_contiguous()
-    _, model = build_benchmark_model(config + "+withcp")
+    _, model = build_benchmark_model(config + "+withcp", mode="train")
     assert all(b.with_cp for b in model.modules() if isinstance(b, RESIDUAL_BLOCKS))
 
 
-def test_fast_mode_config_hook():
+def test_speed_policy_writes_the_training_config(monkeypatch):
+    monkeypatch.setattr(speed, "native_low_precision_dtype", lambda device: torch.bfloat16)
     cfg = load_config(DEMO)
-    enable_fast_training_cfg(cfg, "checkpoint")
-    assert dict(type="FastTrainingHook", checkpoint=True) in cfg.custom_hooks
+    policy = speed.SpeedPolicy.fast("train", checkpoint=True)
+    speed.apply_training_speed(cfg, policy.resolve("cpu"))
+    hook = dict(type="FastTrainingHook", checkpoint=True, channels_last=True, factored_fusion=True)
+    assert hook in cfg.custom_hooks
     assert cfg.custom_hooks[0]["type"] == "SkippedSamplesHook"  # the config's own stays
-    enable_fast_training_cfg(cfg, "checkpoint")  # the same again: nothing added
+    assert cfg.optim_wrapper.type == "CPUAutocastOptimWrapper"
+    assert cfg.optim_wrapper.dtype == "bfloat16"
+    speed.apply_training_speed(cfg, policy.resolve("cpu"))  # again: the hook replaced
     assert sum(h["type"] == "FastTrainingHook" for h in cfg.custom_hooks) == 1
-    with pytest.raises(ConfigError, match="checkpoint=True"):
-        enable_fast_training_cfg(cfg, "on")
-    with pytest.raises(ConfigError, match="'fastest'"):
-        enable_fast_training_cfg(cfg, "fastest")
+    # fp16 on CUDA: mmengine's AMP wrapper with dynamic loss scaling; bf16 without scaling
+    for precision, scale in (("fp16", "dynamic"), ("bf16", 1.0)):
+        cfg = load_config(DEMO)
+        speed.apply_training_speed(cfg, speed.SpeedPolicy(precision=precision).resolve("cuda"))
+        assert cfg.optim_wrapper.type == "AmpOptimWrapper"
+        assert cfg.optim_wrapper.loss_scale == scale
+    with pytest.raises(ConfigError, match="fp16 training needs CUDA"):
+        speed.apply_training_speed(
+            load_config(DEMO), speed.SpeedPolicy(precision="fp16").resolve("cpu")
+        )
     with pytest.raises(ConfigError, match="channels_last must be True or False, got 'no'"):
         FastTrainingHook(channels_last="no")
 
@@ -257,7 +277,8 @@ def train_log(tmp_path, name, data_root, max_iters, *flags):
 
 @pytest.mark.slow
 def test_fast_training_runs_and_its_checkpoint_loads_into_the_plain_model(tiny_data, tmp_path):
-    work, log, losses = train_log(tmp_path, "fast", tiny_data, 3, "--fast-checkpoint")
+    flags = ("--fast-checkpoint", "--precision", "fp32")  # fp32 on the CPU: contiguous
+    work, log, losses = train_log(tmp_path, "fast", tiny_data, 3, *flags)
     assert "fast training mode: contiguous, 2 attention block(s)" in log, log[-3000:]
     assert "10 block(s) checkpointed" in log
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
@@ -278,7 +299,7 @@ def test_plain_and_fast_loss_curves_agree(tiny_data, tmp_path):
     gives) stays within 0.4 %, so 1 % alone would not catch it."""
     iters = 50
     _, _, plain = train_log(tmp_path, "plain", tiny_data, iters)
-    _, log, fast = train_log(tmp_path, "fast", tiny_data, iters, "--fast")
+    _, log, fast = train_log(tmp_path, "fast", tiny_data, iters, "--fast", "--precision", "fp32")
     assert "fast training mode" in log
     assert len(plain) == len(fast) == iters
     assert plain[0] != plain[-1]  # it trains

@@ -1,5 +1,5 @@
-"""tools/train.py and tools/test.py options on the CPU: --amp, --show-dir, --tta, strict
-loading, quiet logs."""
+"""ann-seg train / test options on the CPU: --fast (the speed policy), --show-dir, --tta,
+strict loading, quiet logs."""
 
 import glob
 import os.path as osp
@@ -7,12 +7,13 @@ import re
 import subprocess
 import sys
 
+import mmseg
 import pytest
 import torch
 from conftest import CONFIGS, REPO, as_cli, run_tool, small_run_options
 
 from ann_seg.layers.compat import native_low_precision_dtype
-from ann_seg.mmseg import build_segmentor
+from ann_seg.mmseg import build_segmentor, load_weights
 from ann_seg.mmseg.amp import CPUAutocastOptimWrapper
 
 pytestmark = pytest.mark.slow
@@ -30,12 +31,12 @@ def run(args, cwd):
 
 @pytest.fixture(scope="module")
 def trained(cityscapes_root, tmp_path_factory):
-    """(work dir, options, stdout+stderr) of 2 iterations with --amp."""
+    """(work dir, options, stdout+stderr) of 2 iterations with --fast."""
     root = tmp_path_factory.mktemp("trained")
     options = small_run_options(cityscapes_root, max_iters=2)
     work = str(root / "work")
     proc = run_tool(
-        [TRAIN, CONFIG, "--amp", "--work-dir", work, "--cfg-options", *as_cli(options)],
+        [TRAIN, CONFIG, "--fast", "--work-dir", work, "--cfg-options", *as_cli(options)],
         cwd=str(root),
     )
     return work, options, proc.stdout + proc.stderr
@@ -51,28 +52,42 @@ def test_cpu_autocast_wrapper_autocasts_the_forward_only():
         CPUAutocastOptimWrapper(dtype="int8", optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
 
 
-def test_amp_trains_and_resumes_on_the_cpu(trained, tmp_path):
+def test_fast_trains_resumes_and_its_checkpoint_loads_into_the_plain_model(trained, tmp_path):
     work, options, log = trained
     losses = [float(v) for v in re.findall(r" loss: ([0-9.naninf]+)", log)]
-    assert losses, log[-3000:]
+    assert losses and all(torch.isfinite(torch.tensor(losses))), log[-3000:]
     if native_low_precision_dtype("cpu") is not None:
-        assert "bfloat16 autocast on the CPU" in log
-        assert all(torch.isfinite(torch.tensor(losses)))
+        assert "speed: bf16+cl+fast" in log, log[-3000:]
     else:
-        assert "no native bfloat16" in log and "training runs in float32" in log
+        assert "speed: fp32+fast (no native low precision" in log, log[-3000:]
+    plain = build_segmentor(CONFIG, cfg_options=dict(options))
+    load_weights(plain, osp.join(work, "iter_2.pth"), config=CONFIG)  # strict: every key
     more = dict(options, **{"train_cfg.max_iters": 4, "train_cfg.val_interval": 4})
     proc = run_tool(
-        [TRAIN, CONFIG, "--amp", "--resume", "--work-dir", work, "--cfg-options", *as_cli(more)],
+        [TRAIN, CONFIG, "--fast", "--resume", "--work-dir", work, "--cfg-options", *as_cli(more)],
         cwd=str(tmp_path),
     )
     resumed = proc.stdout + proc.stderr
     assert re.search(r"resumed epoch: \d+, iter: 2", resumed) and "Iter(train) [4/4]" in resumed
 
 
+def test_the_dumped_fast_config_trains_under_mmseg_own_train_py(trained, tmp_path):
+    """What --fast wrote into the config (FastTrainingHook, the CPU autocast wrapper) is
+    registered by the config's custom_imports=['ann_seg']: mmseg's tools/train.py runs it."""
+    work, _, _ = trained
+    dumped = osp.join(work, osp.basename(CONFIG))
+    text = open(dumped).read()
+    assert "FastTrainingHook" in text and "custom_imports" in text
+    mmseg_train = osp.join(osp.dirname(mmseg.__file__), ".mim", "tools", "train.py")
+    proc = run([mmseg_train, dumped, "--work-dir", str(tmp_path / "mmseg")], cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert osp.isfile(tmp_path / "mmseg" / "iter_2.pth")
+
+
 def test_training_is_quiet_unless_verbose(trained):
     work, _, log = trained
     assert "Config:" not in log and "config and environment:" in log
-    first = sorted(glob.glob(osp.join(work, "*", "*.log")))[0]  # the --amp run's (timestamps)
+    first = sorted(glob.glob(osp.join(work, "*", "*.log")))[0]  # the --fast run's (timestamps)
     text = open(first).read()
     assert "Config:" in text and "System environment:" in text
 

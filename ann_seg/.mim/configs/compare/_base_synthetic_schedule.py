@@ -1,4 +1,4 @@
-# Shared by every head of the comparison (tools/compare_heads.py): data, loss, optimizer,
+# Shared by every head of the comparison (python -m research.compare_heads): data, loss, optimizer,
 # schedule, runtime, and the backbone/pre-processor/auxiliary head that the model configs take
 # through _base_.synthetic_* (our heads in _base_synthetic_r18-d8.py, mmseg's heads on top of
 # their own mmseg:: model definitions).

@@ -1,6 +1,6 @@
 # Demo: ANN on a quarter-width ResNet-18-D8 (base 16 channels) trained from scratch on the
 # built-in long-range synthetic set.
-# Runs on a 2-core CPU in a few minutes: python tools/demo.py (or tools/train.py with this file).
+# Runs on a 2-core CPU in a few minutes: ann-seg demo (or ann-seg train with this file).
 _base_ = [
     "../_base_/models/ann_r50-d8.py",
     "../_base_/datasets/synthetic_long_range.py",

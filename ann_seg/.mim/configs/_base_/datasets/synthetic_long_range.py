@@ -1,5 +1,5 @@
 # The built-in long-range synthetic set (ann_seg.datasets.synthetic), Cityscapes layout.
-# Generate it with: python tools/make_synthetic_data.py data/synthetic_long_range
+# Generate it with: ann-seg make-data data/synthetic_long_range
 dataset_type = "LongRangeSyntheticDataset"
 data_root = "data/synthetic_long_range"
 crop_size = (128, 256)

@@ -27,12 +27,10 @@ import cv2
 import numpy as np
 import torch
 
+from ann_seg.benchmark.models import BenchmarkSettings, benchmark_configs
 from ann_seg.io import atomic_write_json, atomic_write_text, markdown_table, pyplot, save_figure
 from ann_seg.mmseg.synthetic import MIN_CUE_DISTANCE_FRACTION, generate_long_range_dataset
-
-from .models import BenchmarkSettings, benchmark_configs
-from .stats import pareto_front, t_interval
-from .study_runs import (
+from research.study_runs import (
     DATA_SIZE,
     HEADS,
     NUM_CLASSES,
@@ -42,6 +40,7 @@ from .study_runs import (
     run_in_child,
     run_spec,
 )
+from research.study_stats import pareto_front, t_interval
 
 # A run "left the plateau" when its final mIoU beats that of predicting background everywhere
 # (the "everything is background" plateau, background IoU / num_classes) by this margin.

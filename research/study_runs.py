@@ -18,11 +18,10 @@ import torch
 from mmengine.structures import PixelData
 from mmseg.structures import SegDataSample
 
+from ann_seg.benchmark.measure import measure_peak_memory
 from ann_seg.io import atomic_write_json
 from ann_seg.mmseg import build_segmentor, load_config, packaged_config
 from ann_seg.mmseg.runner import build_runner
-
-from .measure import measure_peak_memory
 
 
 @dataclass(frozen=True)

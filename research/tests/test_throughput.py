@@ -1,4 +1,4 @@
-"""Folder-inference throughput benchmark (``tools/benchmark_inference.py --throughput``): the
+"""Folder-inference throughput benchmark (``python -m research.folder_throughput``): the
 cost arithmetic against hand-computed cases, and tiny runs of every mode and of the scaling
 sweep through the real tools (infer.py, dist_infer.sh with torchrun, MMSegInferencer)."""
 
@@ -8,9 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CONFIGS, REPO
 
-from ann_seg.benchmark.throughput import (
+from research.throughput import (
     MMSEG,
     REFERENCE,
     cost_curve,
@@ -20,7 +19,8 @@ from ann_seg.benchmark.throughput import (
     throughput_table,
 )
 
-DEMO = osp.join(CONFIGS, "demo", "ann_r18-d8_1xb8-600it_synthetic-128x256.py")
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+DEMO = osp.join(REPO, "configs", "demo", "ann_r18-d8_1xb8-600it_synthetic-128x256.py")
 TOOLS = osp.join(REPO, "tools")
 
 
@@ -59,7 +59,7 @@ def test_every_mode_segments_the_folder_and_agrees(tmp_path):
 def test_scaling_cli_writes_table_plot_and_curves(tmp_path):
     out = tmp_path / "scaling.json"
     plot = tmp_path / "scaling.png"
-    command = [sys.executable, osp.join(TOOLS, "benchmark_inference.py"), DEMO, "--throughput"]
+    command = [sys.executable, "-m", "research.folder_throughput", DEMO]
     command += ["--scaling", "10", "30", "--threads", "2", "--no-progress"]
     command += ["--work-dir", str(tmp_path / "work"), "--json", str(out), "--plot", str(plot)]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
@@ -102,7 +102,7 @@ def test_loader_grid_modes_start_with_the_sequential_loop():
 @pytest.mark.slow
 def test_loader_grid_cli_runs_every_pair_with_identical_labels(tmp_path):
     out = tmp_path / "grid.json"
-    command = [sys.executable, osp.join(TOOLS, "benchmark_inference.py"), DEMO, "--throughput"]
+    command = [sys.executable, "-m", "research.folder_throughput", DEMO]
     command += ["--loader-grid", "--grid-workers", "0", "1", "--grid-batch-sizes", "1", "3"]
     command += ["--images", "11", "--threads", "1", "--no-progress", "--json", str(out)]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO)

@@ -14,9 +14,9 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
 
-from ann_seg.benchmark.compare import (
+from ann_seg.mmseg.synthetic import generate_long_range_dataset, render_long_range_sample
+from research.head_study import (
     StudySettings,
     add_paired_differences,
     compare_heads,
@@ -27,9 +27,10 @@ from ann_seg.benchmark.compare import (
     sweep_table,
     trivial_miou,
 )
-from ann_seg.benchmark.stats import pareto_front, t_interval
-from ann_seg.benchmark.study_runs import HEADS, NUM_CLASSES, config_path, run_spec
-from ann_seg.mmseg.synthetic import generate_long_range_dataset, render_long_range_sample
+from research.study_runs import HEADS, NUM_CLASSES, config_path, last_attempt, run_spec
+from research.study_stats import pareto_front, t_interval
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -222,7 +223,7 @@ def test_tiny_study_writes_table_pareto_and_sweep(tmp_path):
 @pytest.mark.slow
 def test_killed_study_resumes_without_retraining_a_finished_run(tmp_path):
     args = [
-        sys.executable, osp.join(REPO, "tools", "compare_heads.py"),
+        sys.executable, "-m", "research.compare_heads",
         "--heads", "fcn", "psp", "--seeds", "0", "1", "--no-sweep", "--jobs", "1",
         "--max-iters", "4", "--val-interval", "2", "--num-train", "8", "--num-val", "4",
         "--cost-shape", "64", "128", "--cost-repeat", "1",
@@ -230,7 +231,8 @@ def test_killed_study_resumes_without_retraining_a_finished_run(tmp_path):
     ]  # fmt: skip
     runs = tmp_path / "work" / "runs" / "d0.40"
     first = runs / "fcn_seed0.json"  # the study is seed-major: fcn, psp for seed 0 first
-    proc = subprocess.Popen(args, cwd=tmp_path, start_new_session=True,
+    env = {**os.environ, "PYTHONPATH": REPO}  # research/ is the repository's, not installed
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 300
     while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -243,7 +245,7 @@ def test_killed_study_resumes_without_retraining_a_finished_run(tmp_path):
     stored, mtime = first.read_bytes(), first.stat().st_mtime_ns
     assert json.loads(stored)["spec"]["head"] == "fcn"
 
-    rerun = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"{len(finished_before)} finished earlier, {4 - len(finished_before)} to train" in (
         rerun.stderr
@@ -257,8 +259,6 @@ def test_killed_study_resumes_without_retraining_a_finished_run(tmp_path):
 
 
 def test_a_killed_first_attempt_is_dropped_from_the_curve():
-    from ann_seg.benchmark.study_runs import last_attempt
-
     points = [{"iter": i, "mIoU": float(i)} for i in (100, 200, 100, 200, 300)]
     assert [p["iter"] for p in last_attempt(points)] == [100, 200, 300]
     assert last_attempt(points[2:]) == points[2:]

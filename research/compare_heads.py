@@ -16,11 +16,11 @@ reports every finished run of the study's seeds at its distances (seeds added to
 earlier invocation included; the study's own distance with all its seeds).
 
 Examples:
-  tools/compare_heads.py                       # full study: 15 heads x 5 seeds + sweep
-  tools/compare_heads.py --quick               # 4 heads x 2 seeds + a 3-point sweep
-  tools/compare_heads.py --heads fcn ann --seeds 0 1 --no-sweep
-  tools/compare_heads.py --sweep-distances 0.6 --sweep-seeds 1 2   # 2 more seeds at 0.6·H
-  tools/compare_heads.py --heads fcn ann --seeds 0 --max-iters 4 --val-interval 2 \\
+  python -m research.compare_heads             # full study: 15 heads x 5 seeds + sweep
+  python -m research.compare_heads --quick     # 4 heads x 2 seeds + a 3-point sweep
+  python -m research.compare_heads --heads fcn ann --seeds 0 1 --no-sweep
+  python -m research.compare_heads --sweep-distances 0.6 --sweep-seeds 1 2  # 0.6·H, 2 seeds
+  python -m research.compare_heads --heads fcn ann --seeds 0 --max-iters 4 --val-interval 2 \\
       --num-train 8 --num-val 4 --sweep-distances 0.2 --cost-shape 64 128 \\
       --data-root /tmp/cmp_data --work-dir /tmp/cmp   # seconds
 """
@@ -28,8 +28,9 @@ Examples:
 import argparse
 import sys
 
-from ann_seg import cli
-from ann_seg.benchmark.compare import (
+from ann_seg.inference.threads import choose_threads
+from ann_seg.tools import cli
+from research.head_study import (
     HEADS,
     QUICK_PRESET,
     SWEEP_DISTANCES,
@@ -37,7 +38,6 @@ from ann_seg.benchmark.compare import (
     compare_heads,
     results_table,
 )
-from ann_seg.inference.threads import choose_threads
 
 QUICK = QUICK_PRESET
 

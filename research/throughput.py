@@ -37,14 +37,13 @@ import torch
 from mmseg.apis import MMSegInferencer
 from PIL import Image
 
+from ann_seg.benchmark.inference_modes import load_model
+from ann_seg.benchmark.measure import format_error
+from ann_seg.benchmark.report import environment
 from ann_seg.inference.journal import read_journals
 from ann_seg.io import Progress, markdown_table, pyplot, read_label_png, save_figure
 from ann_seg.mmseg import load_config
 from ann_seg.mmseg.synthetic import render_long_range_sample
-
-from .inference_modes import load_model
-from .measure import format_error
-from .report import environment
 
 DEFAULT_IMAGES = 1000
 IMAGE_SIZE = (64, 128)

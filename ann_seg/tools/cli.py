@@ -1,5 +1,6 @@
-"""What every ``tools/*.py`` shares: known errors as one line on stderr with exit status 2,
-tracebacks only for unexpected errors or with ``--debug``, and quiet defaults.
+"""What every tool (``ann-seg <command>``, ``tools/*.py``) shares: known errors as one line on
+stderr with exit status 2, tracebacks only for unexpected errors or with ``--debug``, and quiet
+defaults.
 
 A tool's script is::
 
@@ -7,6 +8,8 @@ A tool's script is::
 
     if __name__ == '__main__':
         sys.exit(cli.run(main))
+
+``ann_seg.tools`` dispatches ``ann-seg <command>`` to it.
 """
 
 import argparse
@@ -92,8 +95,10 @@ def _wants_debug(argv: Optional[Sequence[str]]) -> bool:
 
 
 def run(main: Callable[..., Optional[int]], argv: Optional[Sequence[str]] = None) -> int:
-    """Call ``main(argv)``; a known error becomes ``error: <message>`` on stderr and exit
-    status 2 (the traceback too with ``--debug``); anything else keeps its traceback."""
+    """Call ``main(argv)`` with the known-harmless warnings filtered; a known error becomes
+    ``error: <message>`` on stderr and exit status 2 (the traceback too with ``--debug``);
+    anything else keeps its traceback."""
+    quiet_warnings()
     debug = _wants_debug(argv)
     try:
         status = main(argv) if argv is not None else main()

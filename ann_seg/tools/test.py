@@ -1,0 +1,85 @@
+"""Test (and evaluate) a checkpoint through mmengine's Runner: the arguments and behaviour of
+mmseg's tools/test.py, with ann_seg registered; the checkpoint must match the config's model
+(strict loading; --non-strict to allow missing/unexpected keys).
+
+Examples:
+  ann-seg test ann_seg::demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py work_dirs/demo/iter_600.pth
+  ann-seg test CONFIG CHECKPOINT --show-dir vis       # painted predictions in <work dir>/vis
+  ann-seg test ann_seg::ann/ann_r50-d8_4xb2-40k_cityscapes-512x1024.py CHECKPOINT --tta
+  ann-seg test CONFIG CHECKPOINT --fast                # native low precision, folded
+"""
+
+import argparse
+import os
+import sys
+
+from ann_seg.mmseg.runner import test
+from ann_seg.mmseg.speed import add_speed_arguments, default_device, speed_policy
+from ann_seg.tools import cli
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("config", help="config file, ann_seg::<dir>/<file>.py or mmseg::...")
+    parser.add_argument("checkpoint", help="checkpoint file")
+    parser.add_argument("--work-dir", help="metrics and logs (default: work_dirs/<config name>)")
+    parser.add_argument("--out", help="folder for the predicted label maps")
+    parser.add_argument(
+        "--show-dir",
+        help="folder for painted predictions (relative: under the work dir); every image, or "
+        "every --show-interval-th",
+    )
+    parser.add_argument(
+        "--show-interval", type=int, default=1, help="paint every N-th image (default 1)"
+    )
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation (multi-scale + flip) as the config's tta_pipeline",
+    )
+    parser.add_argument(
+        "--non-strict",
+        action="store_true",
+        help="load the checkpoint even if keys are missing or unexpected (mmseg's behaviour)",
+    )
+    add_speed_arguments(parser, "test")
+    cli.add_cfg_options_argument(parser)
+    parser.add_argument(
+        "--launcher",
+        choices=["none", "pytorch", "slurm", "mpi"],
+        default="none",
+        help="job launcher (default none; ann-seg dist-test sets pytorch)",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="print the config and environment dump too"
+    )
+    cli.add_debug_argument(parser)
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    test(
+        args.config,
+        args.checkpoint,
+        work_dir=args.work_dir,
+        out=args.out,
+        show_dir=args.show_dir,
+        tta=args.tta,
+        cfg_options=args.cfg_options,
+        launcher=args.launcher,
+        strict=not args.non_strict,
+        show_interval=args.show_interval,
+        verbose=args.verbose,
+        speed=speed_policy(args, "test", default_device()),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

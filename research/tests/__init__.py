@@ -1,0 +1,1 @@
+"""Tests of the research harnesses (pytest: python -m pytest research)."""
