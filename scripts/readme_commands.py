@@ -390,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--only", metavar="REGEX", help="only commands whose text matches (default all)"
     )
     parser.add_argument(
+        "--exclude",
+        metavar="REGEX",
+        help="leave out commands whose text matches (e.g. the setup where the environment is "
+        "shared)",
+    )
+    parser.add_argument(
         "--list", action="store_true", help="print the commands and their markers, run nothing"
     )
     parser.add_argument(
@@ -407,11 +413,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def select(commands: Sequence[Command], fast: bool, only: Optional[str]) -> List[Command]:
+def select(
+    commands: Sequence[Command], fast: bool, only: Optional[str], exclude: Optional[str] = None
+) -> List[Command]:
     chosen = [c for c in commands if c.fast or not fast]
     if only:
         pattern = re.compile(only)
         chosen = [c for c in chosen if pattern.search(c.text) or pattern.search(c.written)]
+    if exclude:
+        pattern = re.compile(exclude)
+        chosen = [c for c in chosen if not pattern.search(c.text)]
     return chosen
 
 
@@ -423,7 +434,7 @@ def main(argv=None) -> int:
     except (OSError, ReadmeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    chosen = select(commands, args.fast, args.only)
+    chosen = select(commands, args.fast, args.only, args.exclude)
     subset = " (fast subset)" if args.fast else ""
     print(
         f"{len(chosen)} of {len(commands)} documented commands{subset} from "
