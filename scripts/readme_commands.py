@@ -32,6 +32,7 @@ Examples:
   .venv/bin/python scripts/readme_commands.py --fast       # the fast subset (about a minute)
   .venv/bin/python scripts/readme_commands.py --list       # what would run, with the markers
   .venv/bin/python scripts/readme_commands.py docs/inference.md --only "ann-seg infer" -v
+  .venv/bin/python scripts/readme_commands.py --exclude scripts/setup.sh   # venv shared
 """
 
 import argparse
