@@ -15,18 +15,19 @@ from ann_seg.inference import run_inference
 from ann_seg.io import atomic_write_json
 from ann_seg.mmseg import checkpoint_loads, load_config, packaged_config
 from ann_seg.mmseg.runner import test, train
+from ann_seg.mmseg.speed import SpeedPolicy
 from ann_seg.mmseg.synthetic import generate_long_range_dataset
 
 DEMO_CONFIG = packaged_config("demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py")
 
 
-def train_to_final(cfg: Config) -> str:
+def train_to_final(cfg: Config, speed: Optional[SpeedPolicy] = None) -> str:
     """``work_dir/iter_<max_iters>.pth`` of ``cfg``: kept if it loads, else (absent, or
     truncated by a kill: moved aside to ``.corrupt``) trained, resuming from the newest
     checkpoint that loads."""
     final = osp.join(cfg.work_dir, f"iter_{cfg.train_cfg.max_iters}.pth")
     if not (osp.isfile(final) and checkpoint_loads(final)):
-        train(cfg, resume=True)
+        train(cfg, resume=True, speed=speed)
     if not osp.isfile(final):
         raise FileNotFoundError(
             f"training finished without writing {final}: the config's checkpoint hook must "
@@ -43,10 +44,12 @@ def run_demo(
     num_val: int = 60,
     max_iters: Optional[int] = None,
     seed: int = 0,
+    fast: bool = False,
 ) -> dict:
     """Generate data, train (resuming if interrupted), test the final checkpoint (mIoU; label
     maps via ``IoUMetric``'s output_dir), then run folder inference on the val images (palette
-    label maps and colour overlays, mirrored by file name). Returns and writes ``summary.json``."""
+    label maps and colour overlays, mirrored by file name). ``fast``: every step with the speed
+    policy's ``--fast``. Returns and writes ``summary.json``."""
     timings = {}
     start = time.perf_counter()
     data = generate_long_range_dataset(
@@ -75,7 +78,7 @@ def run_demo(
     cfg = load_config(config, options, work_dir)
 
     start = time.perf_counter()
-    final = train_to_final(cfg)
+    final = train_to_final(cfg, SpeedPolicy.fast("train") if fast else None)
     timings["train_s"] = round(time.perf_counter() - start, 1)
 
     start = time.perf_counter()
@@ -85,6 +88,7 @@ def run_demo(
         final,
         out=pred_dir,
         cfg_options={"test_dataloader.num_workers": 0, "test_dataloader.persistent_workers": False},
+        speed=SpeedPolicy.fast("test") if fast else None,
     )
     timings["test_s"] = round(time.perf_counter() - start, 1)
 
@@ -98,6 +102,7 @@ def run_demo(
         overlay=True,
         recursive=True,
         batch_size=8,
+        speed=SpeedPolicy.fast("infer") if fast else None,
     )
     timings["inference_s"] = round(time.perf_counter() - start, 1)
 
@@ -111,6 +116,7 @@ def run_demo(
         predictions=pred_dir,
         overlays=osp.join(overlay_dir, "overlays"),
         timings=timings,
+        fast=fast,
     )
     atomic_write_json(osp.join(work_dir, "summary.json"), summary)
     return summary

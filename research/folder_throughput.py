@@ -11,6 +11,10 @@ Examples (from the repository root):
   # --scaling N ...: growing folders (infer and 2 ranks), cost per image along each folder
   python -m research.folder_throughput configs/demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py \\
       --scaling 1000 5000 20000 --threads 2 --plot docs/folder_scaling.png
+  # --speed: mmseg's inferencer vs ann-seg infer (fp32, --fast) on 512x1024 images, R-101
+  python -m research.folder_throughput ann_seg::ann/ann_r101-d8_4xb2-80k_cityscapes-512x1024.py \\
+      --speed --size 512 1024 --images 10 --rounds 2 --threads 2 \\
+      --cfg-options "test_dataloader.dataset.pipeline.1.scale=(1024,512)"
   # --loader-grid: --grid-workers x --grid-batch-sizes (default 0 1 2 x 1 4 8)
   python -m research.folder_throughput configs/demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py \\
       --loader-grid --images 1000 --rounds 2 --threads 2
@@ -28,6 +32,7 @@ from research.throughput import (
     DEFAULT_IMAGES,
     GRID_BATCH_SIZES,
     GRID_WORKERS,
+    IMAGE_SIZE,
     SCALING_COUNTS,
     describe_throughput,
     loader_grid_modes,
@@ -35,6 +40,7 @@ from research.throughput import (
     run_scaling,
     run_throughput,
     scaling_table,
+    speed_modes,
     throughput_table,
 )
 
@@ -63,6 +69,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of the five modes, tools/infer.py and the 2-rank run on "
         f"generated folders of N images each (e.g. {' '.join(map(str, SCALING_COUNTS))}): does "
         "the cost per image stay flat as the folder grows?",
+    )
+    parser.add_argument(
+        "--speed",
+        action="store_true",
+        help="instead of the five modes, mmseg's inferencer, ann-seg infer in float32 and with "
+        "--fast (batch 1 and 4): the speed policy on a folder",
+    )
+    parser.add_argument(
+        "--size",
+        nargs=2,
+        type=int,
+        default=list(IMAGE_SIZE),
+        metavar=("H", "W"),
+        help=f"generated image size (default {IMAGE_SIZE[0]} {IMAGE_SIZE[1]})",
+    )
+    parser.add_argument(
+        "--cfg-options",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for every mode, e.g. test_dataloader.dataset.pipeline.1.scale="
+        "(1024,512) for 512x1024 inputs of a Cityscapes config (default none)",
     )
     parser.add_argument(
         "--loader-grid",
@@ -108,7 +136,7 @@ def run(args) -> int:
     if args.scaling:
         return scaling(args, tools_dir)
     threads = choose_threads(args.threads)
-    modes = None
+    modes = speed_modes(threads) if args.speed else None
     if args.loader_grid:
         try:
             modes = loader_grid_modes(threads, args.grid_workers, args.grid_batch_sizes)
@@ -126,6 +154,8 @@ def run(args) -> int:
             checkpoint=args.checkpoint or "random",
             progress=not args.no_progress,
             modes=modes,
+            size=tuple(args.size),
+            cfg_options=args.cfg_options,
         )
     print(describe_throughput(result))
     print()

@@ -21,6 +21,7 @@ maps are compared with ``sequential``'s, image by image (``MMSegInferencer``'s `
 files by their position in the input order).
 """
 
+import argparse
 import os
 import os.path as osp
 import shutil
@@ -29,11 +30,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import torch
+from mmengine.config import DictAction
 from mmseg.apis import MMSegInferencer
 from PIL import Image
 
@@ -75,6 +77,17 @@ def default_modes(threads: int) -> List[Mode]:
         ),
         Mode(f"2 ranks x {half} thread(s)", half, ranks=2),
         Mode(f"1 rank x {threads} thread(s)", threads, ranks=1),
+    ]
+
+
+def speed_modes(threads: int) -> List[Mode]:
+    """mmseg's inferencer against ``ann-seg infer`` in float32 and with ``--fast``, batch 1
+    and 4: what the speed policy gives a folder."""
+    return [
+        Mode(MMSEG, threads),
+        Mode(REFERENCE, threads, args=()),
+        Mode("--fast", threads, args=("--fast",)),
+        Mode("--fast, batch 4", threads, args=("--fast", "--batch-size", "4")),
     ]
 
 
@@ -161,12 +174,23 @@ def _read_labels(paths: Sequence[str], mmseg: bool) -> List[np.ndarray]:
     return labels
 
 
-def _run_mmseg(config, checkpoint: str, paths: Sequence[str], out_dir: str, mode: Mode):
+def parse_cfg_options(pairs: Sequence[str]) -> dict:
+    """``['a.b=1', ...]`` as mmengine's ``DictAction`` parses them."""
+    namespace = argparse.Namespace(options={})
+    if pairs:
+        DictAction(option_strings=[], dest="options")(None, namespace, list(pairs))
+    return namespace.options
+
+
+def _run_mmseg(
+    config, checkpoint: str, paths: Sequence[str], out_dir: str, mode: Mode, cfg_options=()
+):
     previous = torch.get_num_threads()
     torch.set_num_threads(mode.threads)
     try:
         start = time.perf_counter()
-        inferencer = MMSegInferencer(load_config(config, work_dir=""), checkpoint, device="cpu")
+        cfg = load_config(config, parse_cfg_options(cfg_options), work_dir="")
+        inferencer = MMSegInferencer(cfg, checkpoint, device="cpu")
         inferencer.show_progress = False  # mmengine's bar, once per chunk
         ready = time.perf_counter()
         chunk = -(-len(paths) // CHUNKS)
@@ -241,6 +265,8 @@ def run_throughput(
     progress: bool = True,
     port: int = 29530,
     modes: Optional[List[Mode]] = None,
+    size: Tuple[int, int] = IMAGE_SIZE,
+    cfg_options: Sequence[str] = (),
 ) -> Dict[str, Any]:
     """Segment ``count`` generated images in every mode (default ``default_modes(threads)``),
     ``rounds`` times (the order rotated per round; figures: the median over rounds); outputs
@@ -252,8 +278,8 @@ def run_throughput(
         if not osp.isfile(osp.join(tools_dir, tool)):
             raise FileNotFoundError(f"{tool} not found in {tools_dir} (needs a source checkout)")
     start_env = environment("cpu")  # load average before the run
-    folder = osp.join(work_dir, f"images_{count}")
-    paths = make_images(folder, count)
+    folder = osp.join(work_dir, f"images_{count}_{size[0]}x{size[1]}")
+    paths = make_images(folder, count, size)
     if checkpoint == "random":
         checkpoint = save_random_checkpoint(config, osp.join(work_dir, "random.pth"))
     modes = default_modes(threads) if modes is None else modes
@@ -271,10 +297,12 @@ def run_throughput(
             try:
                 if mode.name == MMSEG:
                     mode.command = ["MMSegInferencer(config, checkpoint)(chunk, out_dir=...)"]
-                    result = _run_mmseg(config, checkpoint, paths, out_dir, mode)
+                    result = _run_mmseg(config, checkpoint, paths, out_dir, mode, cfg_options)
                     found = _label_paths_mmseg(out_dir, paths)
                 else:
                     mode.command = _command(mode, tools_dir, config, checkpoint, folder, out_dir)
+                    if cfg_options:
+                        mode.command += ["--cfg-options", *cfg_options]
                     mode_port = port + len(modes) * round_index + modes.index(mode)
                     env = _tool_env(tools_dir, mode_port)
                     result = _run_tool(mode.command, out_dir, count, env)
@@ -303,10 +331,11 @@ def run_throughput(
         start_env,
         load_average_end=environment("cpu")["load_average"],
         images=count,
-        image_size=f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}",
+        image_size=f"{size[0]}x{size[1]}",
         config=str(config),
         checkpoint="random (seeded, saved for every mode)",
         rounds=rounds,
+        cfg_options=list(cfg_options),
         reference=REFERENCE,
         work_dir=work_dir,
     )

@@ -9,8 +9,9 @@
 #   scripts/check_torch_compat.sh [--install-only] [PYTEST_ARGS...]
 #
 # --install-only: stop after the install. Any other arguments go to pytest, which runs as
-#   .venv-torch21/bin/python -m pytest -q --ignore=tests/test_wheel.py tests PYTEST_ARGS...
-#   (the whole suite but the wheel test, which builds against the main .venv)
+#   .venv-torch21/bin/python -m pytest -q --ignore=tests/test_wheel.py PYTEST_ARGS...
+#   (without a test path: the whole suite, pyproject's testpaths, but the wheel test, which
+#   builds against the main .venv; with one, e.g. tests/mmseg/test_checkpoint_safety.py, that)
 # Environment: PYTHON (default python3.11), MAX_JOBS (mmcv compile jobs, default 2),
 #   WAIT_BEFORE_BUILD (a shell command polled every 30 s; the mmcv compile starts only once it
 #   succeeds, e.g. to let another build that holds the cores finish first).
@@ -115,4 +116,4 @@ echo "[compat] installed in $((SECONDS - T0)) s: $("$VENV/bin/python" -c 'import
 
 # g. the tests under torch 2.1.2
 echo "[compat] g. pytest under torch 2.1.2"
-exec "$VENV/bin/python" -m pytest -q --ignore=tests/test_wheel.py tests "${PYTEST_ARGS[@]}"
+exec "$VENV/bin/python" -m pytest -q --ignore=tests/test_wheel.py "${PYTEST_ARGS[@]}"

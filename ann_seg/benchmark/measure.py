@@ -12,12 +12,16 @@
   Memory is measured in a separate step after the timed ones (the profiler slows a step down).
 """
 
+import contextlib
+import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from ann_seg.io import Progress
 from ann_seg.layers.compat import event_start_ns
@@ -59,10 +63,9 @@ class PeakMemoryTracker:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
         else:
-            from torch.profiler import ProfilerActivity, profile
-
             self._profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-            self._profiler.__enter__()
+            with _native_stderr_silenced():
+                self._profiler.__enter__()
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -70,13 +73,30 @@ class PeakMemoryTracker:
             torch.cuda.synchronize(self.device)
             self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._base
             return
-        self._profiler.__exit__(*exc_info)
+        with _native_stderr_silenced():
+            self._profiler.__exit__(*exc_info)
         if exc_info[0] is None:
             self.peak_bytes = _cpu_peak_from_profile(self._profiler)
 
     @property
     def peak_mib(self) -> float:
         return self.peak_bytes / MIB
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """File descriptor 2 to /dev/null while kineto starts or stops: it writes ``USDT: ...
+    profiler_start/stop`` lines there from C++, past Python's ``sys.stderr``."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _cpu_peak_from_profile(prof) -> int:

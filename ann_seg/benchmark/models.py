@@ -99,12 +99,12 @@ def parse_shapes(values: Optional[Sequence[int]]) -> Optional[List[Shape]]:
 BENCHMARK_ONLY = ("withcp",)  # mmseg's own with_cp, for comparison with our +cp
 
 
-def split_variant(config: str) -> Tuple[str, SpeedPolicy, Tuple[str, ...]]:
+def split_variant(config: str, mode: str = "infer") -> Tuple[str, SpeedPolicy, Tuple[str, ...]]:
     """``'x.py+fast+cp'`` -> ``('x.py', policy, ())``: the speed policy of the suffixes
     (``ann_seg.mmseg.speed``: +fast +bf16 +fp16 +fp32 +amp +cl +fuse +compile +cp) and
     ``+withcp`` (mmseg's reentrant ``with_cp`` on the ResNet blocks). Without +fast and +cl a
     config runs contiguous, as written; +amp autocasts the unmodified model (mmseg's AMP)."""
-    return split_suffixes(config, BENCHMARK_ONLY)
+    return split_suffixes(config, BENCHMARK_ONLY, task=mode)
 
 
 def config_name(config: str) -> str:
@@ -124,7 +124,7 @@ def build_benchmark_model(
     ``ann_seg.mmseg.build_segmentor`` (no download, SyncBN -> BN), then the policy applied as
     the tools apply it: ``apply_inference_speed`` for ``mode='infer'``, the fast training
     mode's levers (``enable_fast_training``) and autocast for ``'train'``."""
-    path, policy, extra = split_variant(config)
+    path, policy, extra = split_variant(config, mode)
     if mode == "train" and policy.fuse:
         raise ValueError("the +fuse variant folds BatchNorms: inference only (--mode infer)")
     model = build_segmentor(path, device=device, cfg_options=cfg_options)

@@ -14,6 +14,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from mmengine.utils import import_modules_from_strings
 from mmseg.registry import DATASETS, MODELS
 
+from .checkpoint import CorruptCheckpointError, UnsafeCheckpointError
 from .config import ConfigLike, load_config, replace_sync_bn
 
 
@@ -79,9 +80,12 @@ def load_weights(
     """Load ``checkpoint``'s state dict into ``model`` strictly: every key must match, except
     missing ones under ``allow_missing`` prefixes (an auxiliary head inference does not use).
     Returns the checkpoint's ``meta``. Raises ``ModelLoadError`` naming the first keys and the
-    counts of missing and unexpected ones."""
+    counts of missing and unexpected ones, ``CorruptCheckpointError`` (also for NaN or Inf
+    weights) or ``UnsafeCheckpointError``."""
     try:
         ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location="cpu")
+    except (CorruptCheckpointError, UnsafeCheckpointError):
+        raise  # they name the file and the problem
     except Exception as error:
         raise ModelLoadError(f"cannot load checkpoint {checkpoint}: {error}") from error
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None

@@ -13,15 +13,12 @@ backend ``ann_seg_atomic_local`` (mmengine's ``LocalBackend`` with atomic ``put`
 hook passes to mmengine as ``backend_args`` for a local output folder.
 """
 
-import fnmatch
 import glob
 import logging
 import os
 import os.path as osp
 import re
-import sys
-import time
-from typing import Any, BinaryIO, Optional
+from typing import Any, Optional
 
 from mmengine.dist import barrier, is_main_process
 from mmengine.fileio import LocalBackend, register_backend
@@ -36,28 +33,6 @@ from .transforms import skip_ledger
 
 ATOMIC_BACKEND = "ann_seg_atomic_local"
 POINTER = "last_checkpoint"
-# tests only: pause the n-th write of a checkpoint whose name matches GLOB (``GLOB`` or
-# ``GLOB@n``) after half of its bytes, so that a test can kill the process mid-write
-PAUSE_ENV = "ANN_SEG_TEST_PAUSE_SAVE"
-PAUSE_SECONDS_ENV = "ANN_SEG_TEST_PAUSE_SECONDS"
-_pause_matches = 0
-
-
-def _write_maybe_paused(f: BinaryIO, data: bytes, path: str) -> None:
-    global _pause_matches
-    spec = os.environ.get(PAUSE_ENV)
-    if spec:
-        pattern, _, nth = spec.partition("@")
-        if fnmatch.fnmatch(osp.basename(path), pattern):
-            _pause_matches += 1
-            if _pause_matches == int(nth or 1):
-                half = len(data) // 2
-                f.write(data[:half])
-                f.flush()
-                print(f"ann_seg: paused writing {path}", file=sys.stderr, flush=True)
-                time.sleep(float(os.environ.get(PAUSE_SECONDS_ENV, "600")))
-                data = data[half:]
-    f.write(data)
 
 
 @register_backend(ATOMIC_BACKEND, force=True)
@@ -66,7 +41,7 @@ class AtomicLocalBackend(LocalBackend):
 
     def put(self, obj: bytes, filepath) -> None:
         path = os.fspath(filepath)
-        atomic_write_with(path, lambda f: _write_maybe_paused(f, obj, path))
+        atomic_write_with(path, lambda f: f.write(obj))
 
     def put_text(self, obj: str, filepath, encoding: str = "utf-8") -> None:
         self.put(obj.encode(encoding), filepath)
@@ -92,8 +67,9 @@ def move_aside(path: str) -> str:
 
 def checkpoint_loads(path: str) -> bool:
     """Whether ``path`` loads (weights-only, ``safe_load_checkpoint``). A truncated or corrupt
-    file is moved aside to ``<path>.corrupt`` with one warning naming it; False then. A file
-    refused as unsafe counts as loading: the load that follows refuses it with the reason."""
+    file (also: an entry failing its CRC-32, NaN or Inf weights) is moved aside to
+    ``<path>.corrupt`` with one warning naming it; False then. A file refused as unsafe counts
+    as loading: the load that follows refuses it with the reason."""
     try:
         safe_load_checkpoint(path, map_location="cpu")
     except CorruptCheckpointError as error:

@@ -244,9 +244,11 @@ def apply_training_speed(cfg, speed: ResolvedSpeed):
 # ---------------------------------------------------------------------------- vocabulary
 
 
-def split_suffixes(config: str, extra: Sequence[str] = ()) -> Tuple[str, SpeedPolicy, tuple]:
-    """``'x.py+fast+cp'`` -> ``('x.py', policy, other flags)`` for the benchmark; ``extra``
-    lists flags the caller handles itself (e.g. ``withcp``)."""
+def split_suffixes(
+    config: str, extra: Sequence[str] = (), task: str = "infer"
+) -> Tuple[str, SpeedPolicy, tuple]:
+    """``'x.py+fast+cp'`` -> ``('x.py', policy, other flags)`` for the benchmark; ``+fast`` is
+    ``--fast`` of ``task``; ``extra`` lists flags the caller handles itself (``withcp``)."""
     path, *flags = config.split("+")
     unknown = [f for f in flags if f not in SUFFIXES and f not in extra]
     if unknown:
@@ -266,7 +268,7 @@ def split_suffixes(config: str, extra: Sequence[str] = ()) -> Tuple[str, SpeedPo
         levers["precision"] = "auto" if precisions[0] == "amp" else precisions[0]
         levers["autocast"] = precisions[0] == "amp"
     if "fast" in flags:
-        policy = SpeedPolicy(precision="auto", channels_last=None, fast_graph=True)
+        policy = SpeedPolicy.fast(task)
         policy = replace(policy, **{k: v for k, v in levers.items() if v not in (None, False)})
     else:
         # without +fast the memory format is contiguous unless +cl: the config as written
@@ -312,6 +314,7 @@ def add_speed_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     if task == "train":
         group.add_argument(
             "--checkpoint",
+            dest="activation_checkpoint",
             action="store_true",
             help="exact activation checkpointing: less memory, slower steps (default off)",
         )
@@ -345,7 +348,7 @@ def speed_policy(args: argparse.Namespace, task: str, device: str = "cpu") -> Sp
     overrides = dict(precision=precision, channels_last=args.channels_last)
     overrides["fuse"] = getattr(args, "fuse", None)
     overrides["compile"] = args.compile or None
-    if getattr(args, "checkpoint", False) or getattr(args, "fast_checkpoint", False):
+    if getattr(args, "activation_checkpoint", False) or getattr(args, "fast_checkpoint", False):
         overrides["checkpoint"] = True
     return replace(policy, **{k: v for k, v in overrides.items() if v is not None})
 

@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-iters", type=int, help="override the config's schedule (default: the config's, 600)"
     )
     parser.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="train, test and segment with --fast (native low precision, channels-last, "
+        "folding; docs/performance.md); default off",
+    )
     cli.add_debug_argument(parser)
     return parser
 
@@ -60,6 +66,7 @@ def main(argv=None) -> int:
         args.num_val,
         args.max_iters,
         args.seed,
+        args.fast,
     )
     print(json.dumps(summary, indent=2))
     print(

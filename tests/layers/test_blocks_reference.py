@@ -16,7 +16,11 @@ from conftest import randomize_
 
 from ann_seg.layers import AFNB, APNB, CGNLBlock, NonLocalBlock
 
-TOL = {torch.float64: 1e-6, torch.float32: 1e-4}
+# low precision: the weights and input cast (what --precision bf16/fp16 inference does); bf16
+# keeps 8 mantissa bits (relative rounding 2^-9), fp16 11 bits (2^-12), errors accumulate
+# over a few layers
+TOL = {torch.float64: 1e-6, torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 4e-3}
+DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 SHAPES = {1: [(1,), (7,)], 2: [(1, 1), (3, 5), (6, 4)], 3: [(1, 1, 1), (2, 3, 5)]}
 DIMS_SHAPES = [(d, s) for d, shapes in SHAPES.items() for s in shapes]
 
@@ -133,7 +137,7 @@ def nonlocal_ref(block, x, mode, sub_sample, use_scale):
     return z + x
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dims,spatial", DIMS_SHAPES)
 @pytest.mark.parametrize("sub_sample", [False, True])
 @pytest.mark.parametrize("mode", ["embedded_gaussian", "gaussian", "dot_product", "concatenation"])
@@ -207,7 +211,7 @@ CGNL_CASES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dims,spatial", DIMS_SHAPES)
 @pytest.mark.parametrize("use_scale", [False, True])
 @pytest.mark.parametrize("kernel,rbf_norm,gamma", CGNL_CASES)
@@ -335,7 +339,7 @@ APNB_SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dims,spatial", APNB_SHAPES)
 @pytest.mark.parametrize("fusion", ["concat", "add"])
 @pytest.mark.parametrize("share", ["query_key", "key_value", "none"])
@@ -362,7 +366,7 @@ def test_apnb_vs_reference(share, fusion, dims, spatial, dtype):
     assert rel_err(out, ref) < TOL[dtype]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("low,high", [((7, 9), (3, 5)), ((1, 1), (2, 2)), ((8, 8), (8, 8))])
 @pytest.mark.parametrize("fusion", ["concat", "add"])
 @pytest.mark.parametrize("share", ["none", "key_value"])

@@ -248,7 +248,7 @@ def test_both_paths_load_the_same(trained, loader_path):
     if loader_path != "torch_safe_globals":
         pytest.skip("compares the restricted unpickler with torch's allowlist API")
     _, path, _ = trained
-    module = ckpt_mod._restricted_pickle_module(ckpt_mod._restricted_globals())
+    module = ckpt_mod._restricted_pickle_module()
     restricted = torch.load(path, map_location="cpu", weights_only=False, pickle_module=module)
     assert_same(safe_load_checkpoint(path), restricted)
 

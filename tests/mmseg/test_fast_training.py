@@ -195,7 +195,7 @@ def test_checkpointing_alone_is_exact_and_reversible():
 
 def test_benchmark_variants_call_the_fast_mode(monkeypatch):
     config = "ann_seg::demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py"
-    path, policy, extra = split_variant(config + "+fast+cp")
+    path, policy, extra = split_variant(config + "+fast+cp", "train")
     assert (path, policy.precision, policy.fast_graph, policy.checkpoint) == (config, "auto", 1, 1)
     # a CPU without native low precision: +fast is float32 and, as in training, contiguous
     monkeypatch.setattr(speed, "native_low_precision_dtype", lambda device: None)

@@ -20,12 +20,13 @@ from conftest import CONFIGS, REPO, as_cli, tiny_demo_options
 
 from ann_seg.mmseg import hooks as hooks_module
 from ann_seg.mmseg.checkpoint import CorruptCheckpointError, safe_load_checkpoint
-from ann_seg.mmseg.hooks import PAUSE_ENV, checkpoint_loads, select_resume_checkpoint
+from ann_seg.mmseg.hooks import checkpoint_loads, select_resume_checkpoint
 from ann_seg.mmseg.losses import WeightedCrossEntropyLoss
 
 DEMO = osp.join(CONFIGS, "demo", "ann_r18-d8_1xb8-600it_synthetic-128x256.py")
 TRAIN_PY = osp.join(REPO, "tools", "train.py")
 PAUSED = "ann_seg: paused writing"
+PAUSE_ENV = "ANN_SEG_TEST_PAUSE_SAVE"  # read by PAUSE_SAVE in the tools the tests start
 
 # a val metric that rises with the iteration, so that every validation saves a new best
 RISING_SCORE = """
@@ -44,6 +45,40 @@ class RisingScore(BaseMetric):
 
     def compute_metrics(self, results):
         return {"mIoU": float(MessageHub.get_current_instance().get_info("iter", 0))}
+"""
+
+# imported by the helpers' sitecustomize: with ANN_SEG_TEST_PAUSE_SAVE=GLOB (or GLOB@n), the
+# n-th checkpoint write whose name matches GLOB stops after half of its bytes (inside the
+# hook's atomic write) and says so, so that the test can SIGKILL the process there
+PAUSE_SAVE = f"""
+import fnmatch
+import os
+import sys
+import time
+
+SPEC = os.environ.get({PAUSE_ENV!r})
+if SPEC:
+    from ann_seg.mmseg import hooks
+
+    put, seen = hooks.AtomicLocalBackend.put, []
+
+    def paused_put(self, obj, filepath):
+        path = os.fspath(filepath)
+        pattern, _, nth = SPEC.partition("@")
+        if fnmatch.fnmatch(os.path.basename(path), pattern):
+            seen.append(path)
+            if len(seen) == int(nth or 1):
+
+                def write_half_and_wait(f):
+                    f.write(obj[: len(obj) // 2])
+                    f.flush()
+                    print("{PAUSED}", path, file=sys.stderr, flush=True)
+                    time.sleep(600)
+
+                return hooks.atomic_write_with(path, write_half_and_wait)
+        return put(self, obj, filepath)
+
+    hooks.AtomicLocalBackend.put = paused_put
 """
 
 
@@ -308,7 +343,7 @@ def test_sigkill_while_saving_never_leaves_a_truncated_checkpoint(
     cityscapes_root, tmp_path, monkeypatch, single_thread
 ):
     """SIGKILL in the middle of every kind of checkpoint write (half the bytes written, the
-    process paused by ``ANN_SEG_TEST_PAUSE_SAVE``): afterwards every checkpoint that resume or
+    process paused by ``PAUSE_SAVE``): afterwards every checkpoint that resume or
     the demo could choose loads, the previous best is still there, ``--resume`` finishes from
     the last complete checkpoint, and a demo-like run (``train_to_final`` + ``test``) finishes.
     With mmengine's own CheckpointHook the killed write is the file itself (truncated), and the
@@ -320,7 +355,8 @@ def test_sigkill_while_saving_never_leaves_a_truncated_checkpoint(
     helpers = tmp_path / "helpers"
     helpers.mkdir()
     (helpers / "rising_score.py").write_text(RISING_SCORE)
-    (helpers / "sitecustomize.py").write_text("import rising_score  # noqa: F401\n")
+    (helpers / "pause_save.py").write_text(PAUSE_SAVE)
+    (helpers / "sitecustomize.py").write_text("import pause_save, rising_score  # noqa: F401\n")
     monkeypatch.syspath_prepend(str(helpers))
     importlib.import_module("rising_score")
     options = demo_options(cityscapes_root)
