@@ -1,31 +1,42 @@
-"""Run every command of the README's ```bash blocks: the README as a contract.
+"""Run every command of README.md and docs/*.md: the documentation as a contract.
 
-Each command runs from the repository root (after ``bash scripts/setup.sh``) in ``bash -c``
-with ``set -eo pipefail``; shell variables assigned on lines of their own (``A=configs/x.py``)
-stay set for the rest of their block. Comment lines are skipped, except markers, which apply to
-the next command:
+The commands are the lines of the ```bash blocks. Each runs from the repository root (after
+``bash scripts/setup.sh``) in ``bash -c`` with ``set -eo pipefail`` and the repository's
+``.venv/bin`` first on ``PATH`` (so ``ann-seg`` and ``python`` are the environment's, as after
+``source .venv/bin/activate``). Comment lines are skipped; shell variables assigned on lines of
+their own (``A=configs/x.py``, ``OPTS="a=1 b=2"``) stay set for the rest of their block, and a
+command that uses a variable its block does not assign fails without running (every command
+must run as written).
 
-  # readme: skip (reason)         not run; the reason is printed. At the top of a block,
-                                  before its first command: the whole block is skipped
-  # readme: fast                  part of the fast subset (--fast)
-  # readme: run <command>         run this smaller command in its place (long or big ones)
-  # readme: expect <regex>        its output (stdout + stderr) must match the regex
-  # readme: needs <path>          it needs this file or folder (e.g. the demo's checkpoint);
-                                  absent: a failure, or a skip with --allow-missing
+Markers are HTML comments (invisible on the rendered page, never inside the copied block) on
+the lines just before a fenced block, one per line; they apply to the whole block:
 
-A command fails if it exits non-zero, runs past --timeout or misses an expected pattern.
-Prints each command, its exit status and time, and last ``N passed, M failed``. Exit status 0
-if none failed, 1 if some did, 2 for a README it cannot parse (a marker with no command).
-Needs only the standard library.
+  <!-- readme: skip (reason) -->     not run; the reason is printed
+  <!-- readme: fast -->              part of the fast subset (--fast; CI and the test suite)
+  <!-- readme: expect REGEX -->      the block's output (stdout + stderr of its commands, in
+                                     order) must match the regex
+  <!-- readme: needs PATH -->        the block needs this file or folder (e.g. the demo's
+                                     checkpoint); absent: a failure, or a skip with
+                                     --allow-missing
+  <!-- readme: run COMMAND -->       run COMMAND in place of the block's commands (several run
+                                     markers: run them in order); for long or big runs only
+
+A command fails if it exits non-zero, runs past --timeout or (the block's last command) misses
+an expected pattern. Prints each command, its exit status and time, and last ``N passed, M
+failed``. Exit status 0 if none failed, 1 if some did, 2 for a page it cannot parse (a marker
+with no block after it, a marker before a block that is not bash, a ``# readme:`` comment of
+the old form inside a block). Needs only the standard library.
 
 Examples:
-  .venv/bin/python scripts/readme_commands.py              # everything (about 10 minutes)
-  .venv/bin/python scripts/readme_commands.py --fast       # the fast subset (under a minute)
+  .venv/bin/python scripts/readme_commands.py              # README.md and docs/*.md
+  .venv/bin/python scripts/readme_commands.py --fast       # the fast subset (about a minute)
   .venv/bin/python scripts/readme_commands.py --list       # what would run, with the markers
-  .venv/bin/python scripts/readme_commands.py --only infer.py -v
+  .venv/bin/python scripts/readme_commands.py docs/inference.md --only "ann-seg infer" -v
+  .venv/bin/python scripts/readme_commands.py --exclude scripts/setup.sh   # venv shared
 """
 
 import argparse
+import glob
 import os
 import os.path as osp
 import re
@@ -36,57 +47,53 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-MARKER = re.compile(r"^#\s*readme:\s*(skip|fast|run|expect|needs)\b\s*(.*)$")
-ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=[^\s;&|<>()`]*$")
-FENCE = re.compile(r"^\s*```\s*([A-Za-z0-9_+-]*)\s*$")
-DEMO = "configs/demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py"
-
-# Variables the README's substitutions (# readme: run ...) may use: the demo config trained for
-# 4 iterations, validated once, on the demo's data (made by scripts/setup.sh).
-SUBSTITUTION_ENV = {
-    "README_TINY_TRAIN": " ".join(
-        [
-            "train_cfg.max_iters=4",
-            "train_cfg.val_interval=4",
-            "default_hooks.checkpoint.interval=4",
-            "default_hooks.logger.interval=1",
-            "param_scheduler.0.end=1",
-            "param_scheduler.1.begin=1",
-            "param_scheduler.1.end=4",
-            "train_dataloader.batch_size=2",
-            "train_dataloader.num_workers=0",
-            "train_dataloader.persistent_workers=False",
-            "val_dataloader.num_workers=0",
-            "val_dataloader.persistent_workers=False",
-            "test_dataloader.num_workers=0",
-            "test_dataloader.persistent_workers=False",
-        ]
-    ),
-}
+VENV_BIN = osp.join(REPO, ".venv", "bin")
+KINDS = ("skip", "fast", "run", "expect", "needs")
+MARKER = re.compile(r"^\s*<!--\s*readme:\s*(?P<kind>[a-z]+)\b\s*(?P<value>.*?)\s*-->\s*$")
+OLD_MARKER = re.compile(r"^\s*#\s*readme:")
+ASSIGNMENT = re.compile(
+    r"""^(?:export\s+)?[A-Za-z_][A-Za-z0-9_]*=("[^"`$]*"|'[^']*'|[^\s;&|<>()`'"]*)$"""
+)
+VARIABLE = re.compile(r"\$(?:\{)?([A-Za-z_][A-Za-z0-9_]*)")
+FENCE = re.compile(r"^\s*(```+|~~~+)\s*([A-Za-z0-9_+-]*)\s*$")
+RUN_LANGUAGES = ("bash",)
+# variables every shell has; anything else must be assigned in the block that uses it
+ENVIRONMENT = {"HOME", "PATH", "PWD"}
 
 
 class ReadmeError(ValueError):
-    """The README cannot be read as commands (e.g. a marker followed by no command)."""
+    """A page cannot be read as commands (e.g. a marker followed by no bash block)."""
 
 
 @dataclass
 class Command:
-    text: str  # as written in the README (continuation lines joined with newlines)
-    line: int  # its first line in the README
+    text: str  # what runs: as written (continuation lines joined) or a run marker's command
+    file: str  # the page, relative to the repository
+    line: int  # its first line on the page (for a substitute: the block's first command's)
     setup: List[str] = field(default_factory=list)  # the block's variable assignments so far
     skip: Optional[str] = None
     fast: bool = False
-    substitute: Optional[str] = None
-    expect: List[str] = field(default_factory=list)
+    replaces: Optional[str] = None  # for a run marker's command: the block's first command
+    expect: List[str] = field(default_factory=list)  # the block's; checked after its last
     needs: List[str] = field(default_factory=list)
+    block: int = 0  # commands of one block share this number (per page, from 1)
+    last_in_block: bool = True
 
     @property
-    def run_text(self) -> str:
-        return self.substitute or self.text
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
 
     @property
     def first_line(self) -> str:
         return self.text.splitlines()[0].rstrip(" \\")
+
+    @property
+    def written(self) -> str:
+        """The text as the page shows it (for a substitute: the command it stands in for)."""
+        return self.replaces or self.text
+
+    def undefined_variables(self) -> List[str]:
+        return undefined_variables(self.text, self.setup)
 
 
 @dataclass
@@ -99,89 +106,181 @@ class Result:
     output: str = ""
 
 
-def _apply_marker(pending: Dict, kind: str, value: str, where: str) -> None:
-    if kind == "fast":
-        pending["fast"] = True
-    elif kind == "skip":
-        pending["skip"] = value.strip().strip("()").strip() or "no reason given"
-    elif kind in ("run", "expect", "needs"):
-        if not value.strip():
-            raise ReadmeError(f"{where}: '# readme: {kind}' needs a value")
-        if kind == "run":
-            pending["substitute"] = value.strip()
-        else:
-            pending[kind].append(value.strip())
-            if kind == "expect":
-                try:
-                    re.compile(value.strip())
-                except re.error as error:
-                    raise ReadmeError(f"{where}: bad regex {value.strip()!r}: {error}") from None
+def undefined_variables(text: str, setup: Sequence[str]) -> List[str]:
+    """``$NAME`` / ``${NAME}`` in ``text`` (outside single quotes) that neither ``setup`` (the
+    block's assignments) nor the shell itself (``ENVIRONMENT``) defines."""
+    defined = set(ENVIRONMENT)
+    for assignment in setup:
+        defined.add(assignment.split("=", 1)[0].split()[-1])
+    unquoted = re.sub(r"'[^']*'", "", text)
+    names = []
+    for name in VARIABLE.findall(unquoted):
+        if name not in defined and name not in names:
+            names.append(name)
+    return names
 
 
 def _fresh_markers() -> Dict:
-    return dict(skip=None, fast=False, substitute=None, expect=[], needs=[], line=None)
+    return dict(skip=None, fast=False, run=[], expect=[], needs=[], line=None)
 
 
-def parse_readme(text: str, name: str = "README.md") -> List[Command]:
-    """The commands of ``text``'s ```bash blocks, with their markers."""
-    commands: List[Command] = []
-    lines = text.splitlines()
-    language: Optional[str] = None  # of the block we are in; None: outside any block
-    setup: List[str] = []
-    block_skip: Optional[str] = None  # a skip marker before the block's first command
-    first_in_block = False
-    pending = _fresh_markers()
-    index = 0
+def _apply_marker(pending: Dict, kind: str, value: str, where: str) -> None:
+    if kind not in KINDS:
+        raise ReadmeError(f"{where}: unknown marker 'readme: {kind}' (one of {', '.join(KINDS)})")
+    value = value.strip()
+    if kind == "fast":
+        pending["fast"] = True
+    elif kind == "skip":
+        pending["skip"] = value.strip("()").strip() or "no reason given"
+    else:
+        if not value:
+            raise ReadmeError(f"{where}: '<!-- readme: {kind} -->' needs a value")
+        if kind == "expect":
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ReadmeError(f"{where}: bad regex {value!r}: {error}") from None
+        pending[kind].append(value)
+
+
+def _block_commands(lines: List[str], first: int, name: str) -> List[tuple]:
+    """(text, line, setup) of a bash block's commands; ``lines`` are its inner lines, the first
+    on page line ``first``."""
+    found, setup, index = [], [], 0
     while index < len(lines):
-        raw, where = lines[index], f"{name}:{index + 1}"
+        raw, number = lines[index], first + index
         index += 1
-        fence = FENCE.match(raw)
-        if fence and language is None:
-            language, setup = fence.group(1) or "text", []
-            block_skip, first_in_block = None, True
-            continue
-        if fence:
-            if pending["line"] is not None:
-                raise ReadmeError(
-                    f"{name}:{pending['line']}: marker(s) with no command before the block ends"
-                )
-            language = None
-            continue
         stripped = raw.strip()
-        if language != "bash" or not stripped:
+        if not stripped:
             continue
+        if OLD_MARKER.match(stripped):
+            raise ReadmeError(
+                f"{name}:{number}: '# readme:' inside a block is the old marker form; "
+                "write '<!-- readme: ... -->' on the line before the block"
+            )
         if stripped.startswith("#"):
-            marker = MARKER.match(stripped)
-            if marker:
-                _apply_marker(pending, marker.group(1), marker.group(2), where)
-                pending["line"] = pending["line"] or index
             continue
-        start, body = index, [raw.rstrip()]
+        body = [raw.rstrip()]
         while body[-1].endswith("\\") and index < len(lines):
             body.append(lines[index].rstrip())
             index += 1
         joined = "\n".join(body)
-        if ASSIGNMENT.match(joined.strip()) and pending["line"] is None:
+        if ASSIGNMENT.match(joined.strip()):
             setup.append(joined.strip())
             continue
-        if first_in_block:
-            block_skip, first_in_block = pending["skip"], False
-        commands.append(
-            Command(
-                text=joined,
-                line=start,
-                setup=list(setup),
-                skip=pending["skip"] or block_skip,
-                fast=pending["fast"],
-                substitute=pending["substitute"],
-                expect=pending["expect"],
-                needs=pending["needs"],
-            )
+        found.append((joined, number, list(setup)))
+    return found
+
+
+def parse_page(text: str, name: str = "README.md") -> List[Command]:
+    """The commands of ``text``'s ```bash blocks, with their blocks' markers."""
+    commands: List[Command] = []
+    lines = text.splitlines()
+    pending = _fresh_markers()
+    block_number = 0
+    index = 0
+    while index < len(lines):
+        raw, where = lines[index], f"{name}:{index + 1}"
+        index += 1
+        marker = MARKER.match(raw)
+        if marker:
+            _apply_marker(pending, marker.group("kind"), marker.group("value"), where)
+            pending["line"] = pending["line"] or index
+            continue
+        fence = FENCE.match(raw)
+        if not fence:
+            if raw.strip() and pending["line"] is not None:
+                raise ReadmeError(
+                    f"{name}:{pending['line']}: marker(s) not followed by a code block"
+                )
+            continue
+        # a fenced block: find its end
+        opener, language = fence.group(1), fence.group(2) or "text"
+        start = index  # page line of the block's first inner line is start + 1
+        closing = re.compile(rf"^\s*{re.escape(opener[0])}{{{len(opener)},}}\s*$")
+        inner = []
+        while index < len(lines) and not closing.match(lines[index]):
+            inner.append(lines[index])
+            index += 1
+        if index >= len(lines):
+            raise ReadmeError(f"{name}:{start}: a code block is not closed")
+        index += 1  # the closing fence
+        if language not in RUN_LANGUAGES:
+            if pending["line"] is not None:
+                raise ReadmeError(
+                    f"{name}:{pending['line']}: marker(s) before a ```{language} block "
+                    "(only ```bash blocks run)"
+                )
+            if any(OLD_MARKER.match(line.strip()) for line in inner):
+                raise ReadmeError(f"{name}:{start}: '# readme:' inside a ```{language} block")
+            continue
+        block_number += 1
+        written = _block_commands(inner, start + 1, name)
+        if not written and not pending["run"]:
+            if pending["line"] is not None:
+                raise ReadmeError(f"{name}:{pending['line']}: marker(s) before an empty block")
+            pending = _fresh_markers()
+            continue
+        common = dict(
+            file=name,
+            skip=pending["skip"],
+            fast=pending["fast"],
+            expect=list(pending["expect"]),
+            needs=list(pending["needs"]),
+            block=block_number,
         )
+        if pending["run"]:
+            replaced = written[0][0] if written else "(an empty block)"
+            line = written[0][1] if written else start + 1
+            setup = written[-1][2] if written else []
+            block = [
+                Command(text=run, line=line, setup=list(setup), replaces=replaced, **common)
+                for run in pending["run"]
+            ]
+        else:
+            block = [
+                Command(text=text_, line=line, setup=setup, **common)
+                for text_, line, setup in written
+            ]
+        for command in block[:-1]:
+            command.last_in_block = False
+        commands.extend(block)
         pending = _fresh_markers()
-    if language is not None:
-        raise ReadmeError(f"{name}: a code block is not closed")
+    if pending["line"] is not None:
+        raise ReadmeError(f"{name}:{pending['line']}: marker(s) not followed by a code block")
     return commands
+
+
+def parse_readme(text: str, name: str = "README.md") -> List[Command]:
+    """``parse_page`` under its earlier name."""
+    return parse_page(text, name)
+
+
+def default_pages() -> List[str]:
+    """README.md, then docs/*.md in name order."""
+    pages = [osp.join(REPO, "README.md")]
+    pages += sorted(glob.glob(osp.join(REPO, "docs", "*.md")))
+    return [p for p in pages if osp.exists(p)]
+
+
+def load_pages(paths: Sequence[str]) -> List[Command]:
+    commands: List[Command] = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        absolute = osp.abspath(path)
+        name = osp.relpath(absolute, REPO) if absolute.startswith(REPO + os.sep) else path
+        commands.extend(parse_page(text, name))
+    return commands
+
+
+def command_environment() -> Dict[str, str]:
+    """The runner's environment with the repository's ``.venv/bin`` first on ``PATH``."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([VENV_BIN, env.get("PATH", "")])
+    env["VIRTUAL_ENV"] = osp.dirname(VENV_BIN)
+    env.pop("PYTHONHOME", None)
+    return env
 
 
 def run_command(command: Command, timeout: float, allow_missing: bool) -> Result:
@@ -189,14 +288,17 @@ def run_command(command: Command, timeout: float, allow_missing: bool) -> Result
     if missing:
         reason = f"needs {', '.join(missing)} (made by bash scripts/setup.sh)"
         return Result(command, "skipped" if allow_missing else "failed", reason=reason)
-    script = "\n".join(["set -eo pipefail", *command.setup, command.run_text])
-    env = dict(os.environ, **SUBSTITUTION_ENV)
+    undefined = command.undefined_variables()
+    if undefined:
+        names = ", ".join(f"${name}" for name in undefined)
+        return Result(command, "failed", reason=f"uses {names}, assigned nowhere in its block")
+    script = "\n".join(["set -eo pipefail", *command.setup, command.text])
     start = time.perf_counter()
     try:
         proc = subprocess.run(
             ["bash", "-c", script],
             cwd=REPO,
-            env=env,
+            env=command_environment(),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -216,11 +318,18 @@ def run_command(command: Command, timeout: float, allow_missing: bool) -> Result
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         return Result(command, "failed", proc.returncode, seconds, "non-zero exit", output)
-    absent = [p for p in command.expect if not re.search(p, output, re.MULTILINE)]
-    if absent:
-        reason = "expected in the output, not found: " + ", ".join(f"/{p}/" for p in absent)
-        return Result(command, "failed", proc.returncode, seconds, reason, output)
     return Result(command, "passed", proc.returncode, seconds, output=output)
+
+
+def check_expected(result: Result, block_output: str) -> Result:
+    """Fail ``result`` (its block's last command) if the block's output misses a pattern."""
+    absent = [p for p in result.command.expect if not re.search(p, block_output, re.MULTILINE)]
+    if result.status == "passed" and absent:
+        result.status = "failed"
+        result.reason = "expected in the block's output, not found: " + ", ".join(
+            f"/{p}/" for p in absent
+        )
+    return result
 
 
 def _indent(text: str, prefix: str = "    ") -> str:
@@ -229,11 +338,9 @@ def _indent(text: str, prefix: str = "    ") -> str:
 
 def report(result: Result, verbose: bool, tail: int = 25) -> str:
     command = result.command
-    lines = []
-    if result.status == "skipped" and command.skip:
-        return f"  skipped (README line {command.line}): {command.skip}"
     if result.status == "skipped":
-        return f"  skipped (README line {command.line}): {result.reason}"
+        return f"  skipped ({command.where}): {command.skip or result.reason}"
+    lines = []
     exit_text = "no exit" if result.returncode is None else f"exit {result.returncode}"
     word = "ok" if result.status == "passed" else "FAILED"
     lines.append(f"  {word}: {exit_text}, {result.seconds:.1f} s")
@@ -248,16 +355,18 @@ def report(result: Result, verbose: bool, tail: int = 25) -> str:
 
 
 def describe(command: Command) -> str:
-    head = f"$ {_indent(command.run_text, '  ').strip()}"
-    if command.substitute:
-        head += f"\n  (in place of README line {command.line}: {command.first_line})"
+    head = f"{command.where}\n  $ {_indent(command.text, '  ').strip()}"
+    if command.replaces:
+        first = command.replaces.splitlines()[0].rstrip(" \\")
+        head += f"\n  (a stand-in for the block that starts: {first})"
     marks = (["fast"] if command.fast else []) + [f"needs {p}" for p in command.needs]
     if command.skip:
         marks.append(f"skip: {command.skip}")
     if marks:
         head += f"\n  [{'; '.join(marks)}]"
-    for pattern in command.expect:
-        head += f"\n  expect /{pattern}/"
+    if command.last_in_block:
+        for pattern in command.expect:
+            head += f"\n  expect /{pattern}/"
     return head
 
 
@@ -266,13 +375,26 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--readme",
-        default=osp.join(REPO, "README.md"),
-        help="the markdown file (default the repository's README.md)",
+        "pages",
+        nargs="*",
+        metavar="PAGE",
+        help="markdown files (default: README.md and docs/*.md of the repository)",
     )
-    parser.add_argument("--fast", action="store_true", help="only the commands marked fast")
     parser.add_argument(
-        "--only", metavar="REGEX", help="only commands whose README text matches (default all)"
+        "--readme",
+        action="append",
+        metavar="PAGE",
+        help="a markdown file, as PAGE (repeatable; kept for older callers)",
+    )
+    parser.add_argument("--fast", action="store_true", help="only the blocks marked fast")
+    parser.add_argument(
+        "--only", metavar="REGEX", help="only commands whose text matches (default all)"
+    )
+    parser.add_argument(
+        "--exclude",
+        metavar="REGEX",
+        help="leave out commands whose text matches (e.g. the setup where the environment is "
+        "shared)",
     )
     parser.add_argument(
         "--list", action="store_true", help="print the commands and their markers, run nothing"
@@ -286,42 +408,58 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--allow-missing",
         action="store_true",
-        help="skip (rather than fail) commands whose '# readme: needs' path is absent",
+        help="skip (rather than fail) commands whose 'needs' path is absent",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="print every command's output")
     return parser
 
 
-def select(commands: Sequence[Command], fast: bool, only: Optional[str]) -> List[Command]:
+def select(
+    commands: Sequence[Command], fast: bool, only: Optional[str], exclude: Optional[str] = None
+) -> List[Command]:
     chosen = [c for c in commands if c.fast or not fast]
     if only:
         pattern = re.compile(only)
-        chosen = [c for c in chosen if pattern.search(c.text) or pattern.search(c.run_text)]
+        chosen = [c for c in chosen if pattern.search(c.text) or pattern.search(c.written)]
+    if exclude:
+        pattern = re.compile(exclude)
+        chosen = [c for c in chosen if not pattern.search(c.text)]
     return chosen
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    pages = list(args.pages) + list(args.readme or []) or default_pages()
     try:
-        with open(args.readme, encoding="utf-8") as f:
-            commands = parse_readme(f.read(), osp.basename(args.readme))
+        commands = load_pages(pages)
     except (OSError, ReadmeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    chosen = select(commands, args.fast, args.only)
+    chosen = select(commands, args.fast, args.only, args.exclude)
     subset = " (fast subset)" if args.fast else ""
-    print(f"{len(chosen)} of {len(commands)} README commands{subset}, from {REPO}", flush=True)
+    print(
+        f"{len(chosen)} of {len(commands)} documented commands{subset} from "
+        f"{len(pages)} page(s), run in {REPO} with {VENV_BIN} first on PATH",
+        flush=True,
+    )
     if args.list:
         for number, command in enumerate(chosen, 1):
             print(f"[{number}/{len(chosen)}] {describe(command)}")
         return 0
     results, start = [], time.perf_counter()
+    block_output: Dict[tuple, str] = {}
     for number, command in enumerate(chosen, 1):
         print(f"[{number}/{len(chosen)}] {describe(command)}", flush=True)
         if command.skip:
             result = Result(command, "skipped")
         else:
             result = run_command(command, args.timeout, args.allow_missing)
+        key = (command.file, command.block)
+        block_output[key] = block_output.get(key, "") + result.output
+        following = chosen[number] if number < len(chosen) else None
+        last = following is None or (following.file, following.block) != key
+        if last and command.expect and result.status == "passed":
+            result = check_expected(result, block_output[key])
         results.append(result)
         print(report(result, args.verbose), flush=True)
     passed = sum(r.status == "passed" for r in results)
@@ -329,7 +467,7 @@ def main(argv=None) -> int:
     skipped = len(results) - passed - len(failed)
     print(f"{skipped} skipped; {time.perf_counter() - start:.0f} s in all")
     for result in failed:
-        print(f"failed: README line {result.command.line}: {result.command.first_line}")
+        print(f"failed: {result.command.where}: {result.command.first_line}")
     print(f"{passed} passed, {len(failed)} failed")
     return 1 if failed else 0
 
