@@ -14,13 +14,12 @@ from typing import Any, Optional, Sequence
 
 from mmengine.config import Config, ConfigDict
 from mmengine.registry import init_default_scope
-from mmengine.utils import import_modules_from_strings
 from mmseg.registry import DATASETS, TRANSFORMS
 from torch.utils.data import DataLoader, Dataset
 
 from ann_seg.io import Progress, atomic_write_json, markdown_table
 
-from .config import ConfigError, ConfigLike, load_config
+from .config import ConfigError, ConfigLike, import_custom_modules, load_config
 from .transforms import label_map_problems, unreadable_reason
 
 UNREADABLE_IMAGE = "unreadable image"
@@ -144,8 +143,7 @@ def check_dataset(
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     cfg = load_config(config, cfg_options, work_dir="")
-    if cfg.get("custom_imports"):
-        import_modules_from_strings(**cfg.custom_imports)
+    import_custom_modules(cfg)
     init_default_scope(cfg.get("default_scope", "mmseg"))
     report: dict = {"config": cfg.filename or str(config), "splits": {}, "problems": []}
     for split in splits:

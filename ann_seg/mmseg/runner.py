@@ -24,6 +24,7 @@ from mmseg.registry import RUNNERS
 from .builder import load_weights
 from .config import ConfigError, ConfigLike, load_config, replace_sync_bn
 from .data_check import DataCheckError, check_dataset, format_report
+from .interrupts import termination_as_interrupt
 from .speed import (
     SpeedPolicy,
     announce,
@@ -100,22 +101,23 @@ def train(
     (``ann_seg.mmseg.speed``), written into the config (optimizer wrapper, ``FastTrainingHook``)
     so that the config dumped into the work dir trains the same under mmseg's own tools."""
     cfg = load_config(config, cfg_options, work_dir)
-    if check_data:
-        splits = [s for s in ("train", "val") if cfg.get(f"{s}_dataloader")]
-        report = check_dataset(cfg, splits)
-        print(format_report(report), flush=True)
-        if report["problems"]:
-            raise DataCheckError(
-                f"--check-data: {len(report['problems'])} problem(s) in the data set "
-                "(table above); training not started"
-            )
-    setup_launcher(cfg, launcher)
-    resolved = (speed or SpeedPolicy()).resolve(default_device())
-    apply_training_speed(cfg, resolved)
-    cfg.resume = resume
-    runner = build_runner(cfg, verbose)
-    announce(resolved)
-    model = runner.train()
+    with termination_as_interrupt():
+        if check_data:
+            splits = [s for s in ("train", "val") if cfg.get(f"{s}_dataloader")]
+            report = check_dataset(cfg, splits)
+            print(format_report(report), flush=True)
+            if report["problems"]:
+                raise DataCheckError(
+                    f"--check-data: {len(report['problems'])} problem(s) in the data set "
+                    "(table above); training not started"
+                )
+        setup_launcher(cfg, launcher)
+        resolved = (speed or SpeedPolicy()).resolve(default_device())
+        apply_training_speed(cfg, resolved)
+        cfg.resume = resume
+        runner = build_runner(cfg, verbose)
+        announce(resolved)
+        model = runner.train()
     end_process_group()
     return model
 
@@ -187,18 +189,19 @@ def test(
         cfg.test_evaluator["keep_results"] = True
     if not strict:
         cfg.load_from = checkpoint
-    runner = build_runner(cfg, verbose)
-    model = getattr(runner.model, "module", runner.model)  # DDP / TTA wrappers
-    if strict:
-        load_weights(model, checkpoint, config=config)
-    resolved = (speed or SpeedPolicy()).resolve(default_device())
-    if resolved.name != "fp32":
-        if not strict:  # the Runner loads ``load_from`` in test(): load it now, then apply
-            runner.load_or_resume()
-            runner._load_from = None
-        apply_inference_speed(model, resolved)
-        announce(resolved)
-    metrics = runner.test()
+    with termination_as_interrupt():
+        runner = build_runner(cfg, verbose)
+        model = getattr(runner.model, "module", runner.model)  # DDP / TTA wrappers
+        if strict:
+            load_weights(model, checkpoint, config=config)
+        resolved = (speed or SpeedPolicy()).resolve(default_device())
+        if resolved.name != "fp32":
+            if not strict:  # the Runner loads ``load_from`` in test(): load it now, then apply
+                runner.load_or_resume()
+                runner._load_from = None
+            apply_inference_speed(model, resolved)
+            announce(resolved)
+        metrics = runner.test()
     end_process_group()
     if show_dir:
         print_log(f"painted predictions: {show_dir}", logger="current")
