@@ -17,13 +17,20 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 from mmengine.config import Config
+from mmengine.dist import is_main_process
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
 from .builder import load_weights
 from .config import ConfigError, ConfigLike, load_config, replace_sync_bn
-from .data_check import DataCheckError, check_dataset, format_report
+from .data_check import (
+    DataCheckError,
+    check_dataset,
+    describe_training_files,
+    format_report,
+    scan_training_files,
+)
 from .interrupts import termination_as_interrupt
 from .speed import (
     SpeedPolicy,
@@ -65,6 +72,20 @@ def setup_launcher(cfg: Config, launcher: str = "none") -> Config:
         )
         replace_sync_bn(cfg._cfg_dict)
     return cfg
+
+
+def log_training_files(cfg: Config, logger: logging.Logger) -> None:
+    """Log, before training starts, the training files that are missing, dangling or not
+    readable, and those the data set left out (``scan_training_files``): a training set
+    smaller than its files is stated, not found out later. A data set this scan cannot build
+    is left to the Runner, which reports why."""
+    try:
+        scan = scan_training_files(cfg)
+    except Exception as error:  # noqa: BLE001 - the Runner builds it next and says why
+        logger.debug(f"training files not scanned: {type(error).__name__}: {error}")
+        return
+    for line in describe_training_files(scan):
+        logger.warning(line)
 
 
 def build_runner(cfg: Config, verbose: bool = True) -> Runner:
@@ -116,6 +137,8 @@ def train(
         apply_training_speed(cfg, resolved)
         cfg.resume = resume
         runner = build_runner(cfg, verbose)
+        if is_main_process():
+            log_training_files(cfg, runner.logger)
         announce(resolved)
         model = runner.train()
     end_process_group()
