@@ -118,9 +118,13 @@ def train(
 ):
     """Train as ``mmseg``'s ``tools/train.py``; returns the trained model. ``check_data``:
     first scan the train and val sets (``check_dataset``), print the report, and raise
-    ``DataCheckError`` without training if it found problems. ``speed``: the speed policy
-    (``ann_seg.mmseg.speed``), written into the config (optimizer wrapper, ``FastTrainingHook``)
-    so that the config dumped into the work dir trains the same under mmseg's own tools."""
+    ``DataCheckError`` without training if it found problems. Without it, training files that
+    are missing, dangling or unreadable, or that the data set left out, are logged right after
+    the Runner is built (``log_training_files``). SIGTERM stops the Runner as SIGINT does
+    (``interrupts.Terminated``), never in the middle of a checkpoint save. ``speed``: the speed
+    policy (``ann_seg.mmseg.speed``), written into the config (optimizer wrapper,
+    ``FastTrainingHook``) so that the config dumped into the work dir trains the same under
+    mmseg's own tools."""
     cfg = load_config(config, cfg_options, work_dir)
     with termination_as_interrupt():
         if check_data:

@@ -545,6 +545,53 @@ def test_resume_rebuilds_the_best_from_the_files_on_disk(tmp_path):
 
 # ---------------------------------------------------------------- SIGINT and SIGTERM
 
+
+def test_deferred_interrupts_hold_a_signal_until_the_write_is_done(capsys):
+    """In-process: a SIGINT inside ``deferred_interrupts`` acts when the block ends (a second
+    one at once); SIGTERM inside ``termination_as_interrupt`` raises ``Terminated``; the
+    tools print one line with 130 or 143, also for mmengine's SyntaxError around a Ctrl-C."""
+    from ann_seg.mmseg.interrupts import (
+        Terminated,
+        deferred_interrupts,
+        termination_as_interrupt,
+    )
+    from ann_seg.tools import cli
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupts():
+            signal.raise_signal(signal.SIGINT)
+            done.append("written")
+    assert done == ["written"]
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupts():
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+            done.append("never")
+    assert done == ["written"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated):
+        with termination_as_interrupt(), deferred_interrupts():
+            signal.raise_signal(signal.SIGTERM)
+            done.append("written")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+    def terminated(argv):
+        raise Terminated()
+
+    def formatting_interrupted(argv):
+        try:
+            raise KeyboardInterrupt
+        except BaseException:
+            raise SyntaxError("Failed to format the config file, please check: ...") from None
+
+    assert cli.run(terminated, []) == 143
+    assert capsys.readouterr().err == "terminated (SIGTERM)\n"
+    assert cli.run(formatting_interrupted, []) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
 # (signal, where the process is paused when it arrives, exit status, last line of stderr)
 SIGNAL_POINTS = [
     ("SIGINT", "format", 130, "interrupted"),
