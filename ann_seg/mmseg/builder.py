@@ -11,11 +11,10 @@ import torch.nn as nn
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.runner.checkpoint import CheckpointLoader
-from mmengine.utils import import_modules_from_strings
 from mmseg.registry import DATASETS, MODELS
 
 from .checkpoint import CorruptCheckpointError, UnsafeCheckpointError
-from .config import ConfigLike, load_config, replace_sync_bn
+from .config import ConfigError, ConfigLike, import_custom_modules, load_config, replace_sync_bn
 
 
 class ModelLoadError(RuntimeError):
@@ -26,8 +25,7 @@ def prepare_model_config(cfg: Config) -> Config:
     """What every single-process build needs: no pretrained download (``pretrained`` and the
     backbone's ``init_cfg`` cleared, as ``mmseg.apis.init_model`` does), SyncBN -> BN, the
     config's ``custom_imports`` imported, a ``test_pipeline`` for ``inference_model``."""
-    if cfg.get("custom_imports"):
-        import_modules_from_strings(**cfg.custom_imports)
+    import_custom_modules(cfg)
     cfg.model.pretrained = None
     if isinstance(cfg.model.get("backbone"), dict):
         cfg.model.backbone.init_cfg = None
@@ -53,6 +51,8 @@ def build_segmentor(
         cfg = prepare_model_config(load_config(config, cfg_options, work_dir=""))
         init_default_scope(cfg.get("default_scope", "mmseg"))
         model = MODELS.build(cfg.model)
+    except ConfigError:  # names the file, key and value already
+        raise
     except Exception as error:
         raise ModelLoadError(f"cannot build the model of {config}: {error}") from error
     model.cfg = cfg

@@ -2,15 +2,19 @@
 of training files skipped by the ``*OrSkip`` loading transforms.
 
 ``AtomicCheckpointHook`` (``default_hooks.checkpoint.type`` in every shipped config) is
-mmengine's ``CheckpointHook`` with three changes: every checkpoint and the ``last_checkpoint``
+mmengine's ``CheckpointHook`` with these changes: every checkpoint and the ``last_checkpoint``
 pointer are written atomically (``ann_seg.io.atomic_write_with``: a temporary file beside the
 target, fsync, ``os.replace``), so a kill leaves the previous file or the new one, never a
 fragment; older checkpoints (``max_keep_ckpts``, the previous best) are deleted only after the
-new one is in place; and before a resume (``before_run``) the newest checkpoint of the work dir
-that loads is chosen (``select_resume_checkpoint``): a truncated or corrupt one (a best one
-too) is moved aside to ``<name>.corrupt`` with one log line. The writes go through the file
-backend ``ann_seg_atomic_local`` (mmengine's ``LocalBackend`` with atomic ``put``), which the
-hook passes to mmengine as ``backend_args`` for a local output folder.
+new one is in place; SIGINT and SIGTERM wait until a save is complete
+(``interrupts.deferred_interrupts``); a best checkpoint records its score in its ``meta``
+(``best``); before a resume (``before_run``) the newest checkpoint of the work dir that loads is
+chosen (``select_resume_checkpoint``): a truncated or corrupt one (a best one too) is moved
+aside to ``<name>.corrupt`` with one log line; and after it (``before_train``) the best
+checkpoint is found again from the files on disk (``_rebuild_best``), so that one best remains
+whatever the kill interrupted. The writes go through the file backend
+``ann_seg_atomic_local`` (mmengine's ``LocalBackend`` with atomic ``put``), which the hook
+passes to mmengine as ``backend_args`` for a local output folder.
 """
 
 import glob
@@ -20,7 +24,7 @@ import os.path as osp
 import re
 from typing import Any, Optional
 
-from mmengine.dist import barrier, is_main_process
+from mmengine.dist import barrier, broadcast_object_list, get_world_size, is_main_process
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import print_log
@@ -29,10 +33,14 @@ from mmseg.registry import HOOKS
 from ann_seg.io import atomic_write_text, atomic_write_with
 
 from .checkpoint import CorruptCheckpointError, safe_load_checkpoint
+from .interrupts import deferred_interrupts
 from .transforms import skip_ledger
 
 ATOMIC_BACKEND = "ann_seg_atomic_local"
 POINTER = "last_checkpoint"
+# the key of a best checkpoint's ``meta`` that holds what made it the best: ``key``, ``score``,
+# ``rule`` ('greater'/'less'), ``step``
+BEST_META = "best"
 
 
 @register_backend(ATOMIC_BACKEND, force=True)
@@ -40,8 +48,7 @@ class AtomicLocalBackend(LocalBackend):
     """mmengine's local file backend whose writes are atomic (``atomic_write_with``)."""
 
     def put(self, obj: bytes, filepath) -> None:
-        path = os.fspath(filepath)
-        atomic_write_with(path, lambda f: f.write(obj))
+        atomic_write_with(os.fspath(filepath), lambda f: f.write(obj))
 
     def put_text(self, obj: str, filepath, encoding: str = "utf-8") -> None:
         self.put(obj.encode(encoding), filepath)
@@ -89,15 +96,6 @@ _STEP = re.compile(r"^(?:iter|epoch)_(\d+)\.pth$")
 
 def _step(path: str) -> int:
     found = _STEP.match(osp.basename(path))
-    return int(found.group(1)) if found else -1
-
-
-_BEST_STEP = re.compile(r"_(?:iter|epoch)_(\d+)\.pth$")
-
-
-def _best_step(path: str) -> int:
-    """The step of ``best_<key>_iter_<n>.pth`` (or ``..._epoch_<n>.pth``), else -1."""
-    found = _BEST_STEP.search(osp.basename(path))
     return int(found.group(1)) if found else -1
 
 
@@ -168,44 +166,63 @@ class AtomicCheckpointHook(CheckpointHook):
             if stale:
                 runner.logger.info(f"removed {len(stale)} unfinished checkpoint write(s)")
         if getattr(runner, "_resume", False) and self.save_best is not None:
-            self._reconcile_best(runner)
+            self._rebuild_best(runner)
 
-    def _reconcile_best(self, runner) -> None:
-        """After a resume, one best checkpoint again.
+    # ------------------------------------------------------------ best checkpoints
 
-        A kill between writing a new best and removing the previous one leaves two
-        ``best_*.pth``, and the resumed state may name the older one (mmengine rewrites the
-        periodic checkpoint with the new best only after writing it). Of the best files at or
-        before the resumed step (the resumed run's own past), the one whose recorded score is
-        best by the hook's rule is kept and made the hook's best; the others, and best files of
-        steps after it (a trajectory the resume discarded), are renamed ``<name>.superseded``,
-        never deleted, and so never picked as ``best_*.pth``."""
-        if len(self.key_indicators) != 1 or not is_main_process() or _is_remote(self.out_dir):
-            return
-        found = sorted(glob.glob(osp.join(self.out_dir, "best_*.pth")))
-        if len(found) < 2:
-            return
-        step = runner.epoch if self.by_epoch else runner.iter
-        key = self.key_indicators[0]
-        scored = []
-        for path in found:
-            best_step = _best_step(path)
-            score = None
-            if 0 <= best_step <= step:
-                try:
-                    info = safe_load_checkpoint(path)["message_hub"]["runtime_info"]
-                    score = float(info["best_score"])
-                except Exception:  # noqa: BLE001 - unreadable score: not a candidate
-                    score = None
-            scored.append((path, score))
-        candidates = [(p, s) for p, s in scored if s is not None]
+    def _best_name(self, key: str, step: int) -> str:
+        """mmengine's name of the best checkpoint for ``key`` at ``step``."""
+        return f"best_{key}_{self.filename_tmpl.format(step)}".replace("/", "_")
+
+    def _best_files(self, key: str) -> list:
+        """``(step, path)`` of the best checkpoints of ``key`` in the output folder, by step."""
+        prefix = re.escape(f"best_{key}_".replace("/", "_"))
+        template = re.escape(self.filename_tmpl).replace(re.escape("{}"), r"(\d+)")
+        pattern = re.compile(f"^{prefix}{template}$")
+        found = []
+        for path in glob.glob(osp.join(glob.escape(self.out_dir), "best_*")):
+            match = pattern.match(osp.basename(path))
+            if match and osp.isfile(path):
+                found.append((int(match.group(1)), path))
+        return sorted(found)
+
+    def _recorded_score(self, path: str, key: str) -> Optional[float]:
+        """The score that made ``path`` the best for ``key``: the ``best`` entry of its meta
+        (written by this hook), else the best score in its message hub (mmengine's own
+        CheckpointHook, earlier versions of this one); None when unreadable."""
+        single = len(self.key_indicators) == 1
+        try:
+            checkpoint = safe_load_checkpoint(path, map_location="cpu")
+            best = (checkpoint.get("meta") or {}).get(BEST_META)
+            if isinstance(best, dict) and best.get("key") == key and "score" in best:
+                return float(best["score"])
+            info = checkpoint["message_hub"]["runtime_info"]
+            return float(info["best_score" if single else f"best_score_{key}"])
+        except Exception:  # noqa: BLE001 - corrupt, unsafe, or no score recorded
+            return None
+
+    def _choose_best(self, runner, key: str, step: int) -> Optional[tuple]:
+        """Main process: of the best files of ``key`` at or before the resumed ``step``, the
+        one whose recorded score is best by the hook's rule (the earliest among equals); the
+        other best files of ``key`` are renamed ``<name>.superseded``. Returns ``(path,
+        score)``, ``(None, None)`` when there is no best file, ``None`` when best files exist
+        but none has a readable score (left as they are)."""
+        found = self._best_files(key)
+        if not found:
+            return (None, None)
+        scored = [(path, self._recorded_score(path, key)) for s, path in found if s <= step]
+        candidates = [(path, score) for path, score in scored if score is not None]
         if not candidates:
-            return
+            names = ", ".join(osp.basename(p) for _, p in found)
+            runner.logger.warning(
+                f"no recorded {key} score in the best checkpoint(s) {names}: left as they are"
+            )
+            return None
         keep, best_score = candidates[0]
         for path, score in candidates[1:]:
             if self.is_better_than[key](score, best_score):
                 keep, best_score = path, score
-        for path, _ in scored:
+        for _, path in found:
             if path != keep:
                 moved = f"{path}.superseded"
                 os.replace(path, moved)
@@ -213,9 +230,57 @@ class AtomicCheckpointHook(CheckpointHook):
                     f"{osp.basename(path)} moved aside to {osp.basename(moved)}: "
                     f"{osp.basename(keep)} is the best checkpoint ({key} {best_score:.4f})"
                 )
-        self.best_ckpt_path = keep
-        runner.message_hub.update_info("best_ckpt", keep)
-        runner.message_hub.update_info("best_score", best_score)
+        return (keep, best_score)
+
+    def _rebuild_best(self, runner) -> None:
+        """After a resume, the best-checkpoint bookkeeping from the files on disk, not from
+        the resumed state: a kill after a new best was written and before the periodic
+        checkpoint was written again with it (or before the previous best was removed) leaves
+        a state that names an older best, or none, and the next best would not replace the
+        file the state does not know. Per key, of the best files at or before the resumed step
+        (the resumed run's own past) the one with the best score recorded in it is kept and
+        made the hook's best (path and score); the others, and best files of later steps (a
+        trajectory the resume discarded), are renamed ``<name>.superseded``, never deleted.
+        Without a best file on disk, the next validation writes one."""
+        if _is_remote(self.out_dir):
+            return
+        step = runner.epoch if self.by_epoch else runner.iter
+        keys = [key for key in self.key_indicators if key != "auto"]
+        chosen = {}
+        if is_main_process():
+            chosen = {key: self._choose_best(runner, key, step) for key in keys}
+        if get_world_size() > 1:
+            shared = [chosen]
+            broadcast_object_list(shared)
+            chosen = shared[0]
+        single = len(self.key_indicators) == 1
+        for key, result in chosen.items():
+            if result is None:
+                continue
+            path, score = result
+            rule = self.rules[self.key_indicators.index(key)]
+            score_key = "best_score" if single else f"best_score_{key}"
+            path_key = "best_ckpt" if single else f"best_ckpt_{key}"
+            known = self.best_ckpt_path if single else self.best_ckpt_path_dict.get(key)
+            if single:
+                self.best_ckpt_path = path
+            else:
+                self.best_ckpt_path_dict[key] = path
+            runner.message_hub.update_info(path_key, path)
+            runner.message_hub.update_info(
+                score_key, self.init_value_map[rule] if score is None else score
+            )
+            named = osp.basename(known) if known else "none"
+            if path is not None and path != known:
+                runner.logger.info(
+                    f"best checkpoint {osp.basename(path)} ({key} {score:.4f}), found in "
+                    f"{self.out_dir} (the resumed state named {named})"
+                )
+            elif path is None and known:
+                runner.logger.warning(
+                    f"no best {key} checkpoint in {self.out_dir} (the resumed state named "
+                    f"{named}): the next validation writes one"
+                )
 
     def _remove(self, path: str) -> None:
         if self.file_backend.isfile(path):
@@ -224,8 +289,12 @@ class AtomicCheckpointHook(CheckpointHook):
             self.file_backend.rmtree(path)
 
     def _save_checkpoint_with_step(self, runner, step, meta) -> None:
-        # as mmengine's, but the oldest kept checkpoint goes after the new one is written and
-        # the pointer is written atomically
+        # as mmengine's, but the oldest kept checkpoint goes after the new one is written, the
+        # pointer is written atomically, and SIGINT/SIGTERM wait until all that is done
+        with deferred_interrupts():
+            self._save_checkpoint_deferred(runner, step, meta)
+
+    def _save_checkpoint_deferred(self, runner, step, meta) -> None:
         outdated = None
         if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
             if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
@@ -255,29 +324,60 @@ class AtomicCheckpointHook(CheckpointHook):
             self._remove(self.file_backend.join_path(self.out_dir, name))
 
     def _save_best_checkpoint(self, runner, metrics) -> None:
-        # mmengine deletes the previous best before writing the new one: hide it from the
-        # parent method, delete it here once the new one is in place
+        # mmengine's, in another order: the new best is written (its score in its meta) before
+        # the previous one is removed, and that before the periodic checkpoint is written again
+        # with the new bookkeeping; SIGINT/SIGTERM wait until all that is done
         if not self.save_best:
             return
+        with deferred_interrupts():
+            self._save_best_deferred(runner, metrics)
+
+    def _save_best_deferred(self, runner, metrics) -> None:
+        step = runner.epoch if self.by_epoch else runner.iter
+        kind = "epoch" if self.by_epoch else "iter"
+        if "auto" in self.key_indicators:
+            self._init_rule(self.rules, [list(metrics.keys())[0]])
         single = len(self.key_indicators) == 1
-        previous: dict[str, Any] = (
-            {"": self.best_ckpt_path} if single else dict(self.best_ckpt_path_dict)
-        )
-        if single:
-            self.best_ckpt_path = None
-        else:
-            self.best_ckpt_path_dict = dict.fromkeys(previous)
-        super()._save_best_checkpoint(runner, metrics)
-        current = {"": self.best_ckpt_path} if single else self.best_ckpt_path_dict
-        for key, old in previous.items():
-            new = current.get(key)
-            if new is None:  # not improved: keep the previous best
-                current[key] = old
-            elif old and old != new and is_main_process():
-                self._remove(old)
-                runner.logger.info(f"The previous best checkpoint {old} is removed")
-        if single:
-            self.best_ckpt_path = current[""]
+        updated = False
+        for key, rule in zip(self.key_indicators, self.rules):
+            score = metrics[key]
+            score_key = "best_score" if single else f"best_score_{key}"
+            path_key = "best_ckpt" if single else f"best_ckpt_{key}"
+            previous = self.best_ckpt_path if single else self.best_ckpt_path_dict.get(key)
+            best_score = runner.message_hub.runtime_info.get(score_key, self.init_value_map[rule])
+            if score is None or not self.is_better_than[key](score, best_score):
+                continue
+            updated = True
+            runner.message_hub.update_info(score_key, score)
+            name = self._best_name(key, step)
+            path = self.file_backend.join_path(self.out_dir, name)
+            if single:
+                self.best_ckpt_path = path
+            else:
+                self.best_ckpt_path_dict[key] = path
+            runner.message_hub.update_info(path_key, path)
+            best = dict(key=key, score=float(score), rule=rule, step=step)
+            runner.save_checkpoint(
+                self.out_dir,
+                filename=name,
+                file_client_args=self.file_client_args,
+                save_optimizer=False,
+                save_param_scheduler=False,
+                meta={"epoch": runner.epoch, "iter": runner.iter, BEST_META: best},
+                by_epoch=False,
+                backend_args=self.backend_args,
+            )
+            runner.logger.info(
+                f"The best checkpoint with {score:0.4f} {key} at {step} {kind} is saved to {name}."
+            )
+            if previous and previous != path and is_main_process():
+                self._remove(previous)
+                runner.logger.info(f"The previous best checkpoint {previous} is removed")
+        # the periodic checkpoint written before this validation names the previous best
+        if updated and self.last_ckpt is not None:
+            self._save_checkpoint_with_step(
+                runner, step, {"epoch": runner.epoch, "iter": runner.iter}
+            )
 
 
 def _uses_skip_transforms(dataset: Any) -> bool:

@@ -17,13 +17,21 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 from mmengine.config import Config
+from mmengine.dist import is_main_process
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
 from .builder import load_weights
 from .config import ConfigError, ConfigLike, load_config, replace_sync_bn
-from .data_check import DataCheckError, check_dataset, format_report
+from .data_check import (
+    DataCheckError,
+    check_dataset,
+    describe_training_files,
+    format_report,
+    scan_training_files,
+)
+from .interrupts import termination_as_interrupt
 from .speed import (
     SpeedPolicy,
     announce,
@@ -66,6 +74,20 @@ def setup_launcher(cfg: Config, launcher: str = "none") -> Config:
     return cfg
 
 
+def log_training_files(cfg: Config, logger: logging.Logger) -> None:
+    """Log, before training starts, the training files that are missing, dangling or not
+    readable, and those the data set left out (``scan_training_files``): a training set
+    smaller than its files is stated, not found out later. A data set this scan cannot build
+    is left to the Runner, which reports why."""
+    try:
+        scan = scan_training_files(cfg)
+    except Exception as error:  # noqa: BLE001 - the Runner builds it next and says why
+        logger.debug(f"training files not scanned: {type(error).__name__}: {error}")
+        return
+    for line in describe_training_files(scan):
+        logger.warning(line)
+
+
 def build_runner(cfg: Config, verbose: bool = True) -> Runner:
     """mmengine's Runner (or the config's ``runner_type``). ``verbose=False``: the config dump
     and environment report that the Runner logs while it is built go to its log file only."""
@@ -96,26 +118,33 @@ def train(
 ):
     """Train as ``mmseg``'s ``tools/train.py``; returns the trained model. ``check_data``:
     first scan the train and val sets (``check_dataset``), print the report, and raise
-    ``DataCheckError`` without training if it found problems. ``speed``: the speed policy
-    (``ann_seg.mmseg.speed``), written into the config (optimizer wrapper, ``FastTrainingHook``)
-    so that the config dumped into the work dir trains the same under mmseg's own tools."""
+    ``DataCheckError`` without training if it found problems. Without it, training files that
+    are missing, dangling or unreadable, or that the data set left out, are logged right after
+    the Runner is built (``log_training_files``). SIGTERM stops the Runner as SIGINT does
+    (``interrupts.Terminated``), never in the middle of a checkpoint save. ``speed``: the speed
+    policy (``ann_seg.mmseg.speed``), written into the config (optimizer wrapper,
+    ``FastTrainingHook``) so that the config dumped into the work dir trains the same under
+    mmseg's own tools."""
     cfg = load_config(config, cfg_options, work_dir)
-    if check_data:
-        splits = [s for s in ("train", "val") if cfg.get(f"{s}_dataloader")]
-        report = check_dataset(cfg, splits)
-        print(format_report(report), flush=True)
-        if report["problems"]:
-            raise DataCheckError(
-                f"--check-data: {len(report['problems'])} problem(s) in the data set "
-                "(table above); training not started"
-            )
-    setup_launcher(cfg, launcher)
-    resolved = (speed or SpeedPolicy()).resolve(default_device())
-    apply_training_speed(cfg, resolved)
-    cfg.resume = resume
-    runner = build_runner(cfg, verbose)
-    announce(resolved)
-    model = runner.train()
+    with termination_as_interrupt():
+        if check_data:
+            splits = [s for s in ("train", "val") if cfg.get(f"{s}_dataloader")]
+            report = check_dataset(cfg, splits)
+            print(format_report(report), flush=True)
+            if report["problems"]:
+                raise DataCheckError(
+                    f"--check-data: {len(report['problems'])} problem(s) in the data set "
+                    "(table above); training not started"
+                )
+        setup_launcher(cfg, launcher)
+        resolved = (speed or SpeedPolicy()).resolve(default_device())
+        apply_training_speed(cfg, resolved)
+        cfg.resume = resume
+        runner = build_runner(cfg, verbose)
+        if is_main_process():
+            log_training_files(cfg, runner.logger)
+        announce(resolved)
+        model = runner.train()
     end_process_group()
     return model
 
@@ -187,18 +216,19 @@ def test(
         cfg.test_evaluator["keep_results"] = True
     if not strict:
         cfg.load_from = checkpoint
-    runner = build_runner(cfg, verbose)
-    model = getattr(runner.model, "module", runner.model)  # DDP / TTA wrappers
-    if strict:
-        load_weights(model, checkpoint, config=config)
-    resolved = (speed or SpeedPolicy()).resolve(default_device())
-    if resolved.name != "fp32":
-        if not strict:  # the Runner loads ``load_from`` in test(): load it now, then apply
-            runner.load_or_resume()
-            runner._load_from = None
-        apply_inference_speed(model, resolved)
-        announce(resolved)
-    metrics = runner.test()
+    with termination_as_interrupt():
+        runner = build_runner(cfg, verbose)
+        model = getattr(runner.model, "module", runner.model)  # DDP / TTA wrappers
+        if strict:
+            load_weights(model, checkpoint, config=config)
+        resolved = (speed or SpeedPolicy()).resolve(default_device())
+        if resolved.name != "fp32":
+            if not strict:  # the Runner loads ``load_from`` in test(): load it now, then apply
+                runner.load_or_resume()
+                runner._load_from = None
+            apply_inference_speed(model, resolved)
+            announce(resolved)
+        metrics = runner.test()
     end_process_group()
     if show_dir:
         print_log(f"painted predictions: {show_dir}", logger="current")

@@ -19,6 +19,7 @@ the end-of-training count.
 import hashlib
 import logging
 import multiprocessing
+import os
 import os.path as osp
 from typing import Optional, Sequence
 
@@ -78,6 +79,8 @@ def skip_ledger() -> SkipLedger:
 
 def unreadable_reason(path: str, error: Optional[BaseException]) -> str:
     """Why ``path`` cannot be used: ``read_image``'s diagnosis, else the loader's error."""
+    if osp.islink(path) and not osp.exists(path):
+        return f"a link to {os.readlink(path)}, which does not exist"
     if not osp.isfile(path):
         return "file not found"
     try:

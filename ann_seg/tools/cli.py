@@ -39,6 +39,7 @@ KNOWN_ERRORS = (
     UnsafeCheckpointError,
 )
 USAGE_ERROR = 2
+INTERRUPTED = 130  # 128 + SIGINT
 
 # harmless warnings every entry point would otherwise print (pkg_resources through mmengine,
 # mmseg's loss and deprecation chatter); the library itself filters nothing
@@ -75,6 +76,9 @@ class CfgOptionsAction(DictAction):
     ``+key=value`` adds a new key on purpose."""
 
     def __call__(self, parser, namespace, values, option_string=None):
+        for pair in values:
+            if "=" not in pair:
+                raise ConfigError(f"{option_string} {pair!r}: not KEY=VALUE (no '=')")
         super().__call__(parser, namespace, values, option_string)
         setattr(namespace, self.dest, UserOptions(getattr(namespace, self.dest) or {}))
 
@@ -111,7 +115,32 @@ def run(main: Callable[..., Optional[int]], argv: Optional[Sequence[str]] = None
         for line in rest[:20]:
             print(f"  {line}", file=sys.stderr)
         return USAGE_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:
+        return _interrupted(error)
+    except SyntaxError as error:
+        # mmengine's Config.pretty_text (checkpoint saves, config dumps) turns any exception
+        # raised while yapf formats, Ctrl-C included, into "Failed to format the config file"
+        # followed by the whole config
+        interrupt = _interrupt_in_chain(error)
+        if interrupt is None:
+            raise
+        return _interrupted(interrupt)
     return int(status or 0)
+
+
+def _interrupt_in_chain(error: BaseException) -> Optional[KeyboardInterrupt]:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _interrupted(error: KeyboardInterrupt) -> int:
+    """SIGINT: ``interrupted``, exit status 130; SIGTERM (``Terminated`` of training and
+    testing): ``terminated (SIGTERM)``, 143."""
+    status = getattr(error, "exit_status", INTERRUPTED)
+    print(str(error) if status != INTERRUPTED else "interrupted", file=sys.stderr)
+    return status

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import CONFIGS, REPO, as_cli, run_tool
+from conftest import CONFIGS, REPO, as_cli, run_tool, tiny_demo_options
 from PIL import Image
 
 DEMO = osp.join(CONFIGS, "demo", "ann_r18-d8_1xb8-600it_synthetic-128x256.py")
@@ -78,8 +78,8 @@ def test_check_dataset_tool_names_every_bad_file(broken_root, tmp_path):
         report = json.load(f)
     assert {(p["relative"], p["kind"]) for p in report["problems"]} == EXPECTED
     assert report["splits"] == {
-        "train": {"samples": 8, "problems": 4},
-        "val": {"samples": 4, "problems": 0},
+        "train": {"samples": 8, "problems": 4, "left_out": 0},
+        "val": {"samples": 4, "problems": 0, "left_out": 0},
     }
     assert all(osp.isabs(p["file"]) for p in report["problems"])
 
@@ -213,3 +213,113 @@ def test_training_skips_bad_files_and_logs_them(broken_root, tmp_path):
     (log_file,) = work.glob("*/*.log")  # the workers' lines reach the run's log file too
     assert TRUNCATED in log_file.read_text()
     assert (work / "iter_4.pth").is_file()
+
+
+# ---------------------------------------------------------------- files the data set leaves out
+
+DANGLING = "farfield/farfield_000002_000019"  # the image: a link that leads nowhere
+DELETED = "longreach/longreach_000003_000019"  # the image deleted, its label map left
+
+
+@pytest.fixture(scope="module")
+def vanished_root(cityscapes_root, tmp_path_factory):
+    """The 8-image training set with one image replaced by a link to a file that does not
+    exist and one image deleted (its label map left): mmseg lists 6 images, silently."""
+    root = str(tmp_path_factory.mktemp("vanished") / "data")
+    shutil.copytree(cityscapes_root, root)
+    dangling = osp.join(root, IMG.format(DANGLING))
+    os.remove(dangling)
+    os.symlink(osp.join(root, "nowhere", "moved.png"), dangling)
+    os.remove(osp.join(root, IMG.format(DELETED)))
+    return root
+
+
+def test_check_dataset_names_dangling_and_deleted_images(vanished_root, tmp_path, capsys):
+    from ann_seg.tools import cli
+
+    tool = _tool("check_dataset")
+    report_path = str(tmp_path / "report.json")
+    argv = [DEMO, "--workers", "0", "--no-progress", "--json", report_path]
+    argv += ["--cfg-options", *as_cli(data_options(vanished_root))]
+    assert cli.run(tool.main, argv) == 1
+    out = capsys.readouterr().out
+    link = osp.join(vanished_root, "nowhere", "moved.png")
+    assert (
+        f"| train | {IMG.format(DANGLING)} | dangling image link | a link to {link}, which does "
+        "not exist |" in out
+    ), out
+    label = LABEL.format(DELETED).split("/", 2)[2]
+    assert (
+        f"| train | {IMG.format(DELETED)} | missing image | its label map {label} is there |"
+        in (out)
+    ), out
+    assert "checked train 6 (+2 left out), val 4 samples: 2 problem(s) in 2 file(s)" in out, out
+    with open(report_path) as f:
+        report = json.load(f)
+    assert report["splits"]["train"] == {"samples": 6, "problems": 2, "left_out": 2}
+    assert [p["index"] for p in report["problems"]] == [None, None]
+
+
+def test_training_states_the_smaller_split_in_its_first_lines(vanished_root, tmp_path):
+    """The console's first lines (and the run's log file, before the first iteration) name
+    both images and the count; training goes on with the 6 it has."""
+    options = tiny_demo_options(vanished_root, max_iters=2)
+    options["model.data_preprocessor.size"] = (64, 128)
+    work = tmp_path / "work"
+    proc = run_tool(
+        [osp.join(REPO, "tools", "train.py"), DEMO, "--work-dir", str(work)]
+        + ["--cfg-options", *as_cli(options)],
+        cwd=str(tmp_path),
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    first = proc.stdout.splitlines()[:4]
+    assert (
+        "training set: 6 of 8 samples usable (2 left out by the data set, 0 listed" in (first[1])
+    ), proc.stdout[:3000]
+    assert IMG.format(DANGLING) in first[2] and "dangling image link" in first[2], first
+    assert IMG.format(DELETED) in first[3] and "missing image" in first[3], first
+    (log_file,) = work.glob("*/*.log")
+    text = log_file.read_text()
+    assert text.index("training set: 6 of 8 samples usable") < text.index("Iter(train)")
+    assert (work / "iter_2.pth").is_file()
+
+
+def test_scan_training_files_with_a_split_file(cityscapes_root, tmp_path):
+    """With an ``ann_file`` the data set lists what the file names: an image that is gone and
+    a label map that is a link to nowhere are listed samples that cannot load."""
+    from ann_seg.mmseg import load_config
+    from ann_seg.mmseg.data_check import describe_training_files, scan_training_files
+
+    root = str(tmp_path / "data")
+    shutil.copytree(cityscapes_root, root)
+    split = osp.join(root, "train.txt")
+    with open(split, "w") as f:
+        f.write("\n".join([TRUNCATED, MISSING_LABEL, OUT_OF_RANGE, "farfield/not_there"]) + "\n")
+    label = osp.join(root, LABEL.format(MISSING_LABEL))
+    os.remove(label)
+    os.symlink(osp.join(root, "elsewhere.png"), label)
+    options = data_options(root)
+    options["train_dataloader.dataset.img_suffix"] = "_leftImg8bit.png"
+    options["train_dataloader.dataset.ann_file"] = split
+    scan = scan_training_files(load_config(DEMO, options, work_dir=""))
+    assert (scan["samples"], scan["usable"], scan["on_disk"]) == (4, 2, 4)
+    assert scan["problems"] == [
+        (
+            LABEL.format(MISSING_LABEL),
+            "missing label map",
+            f"a link to {root}/elsewhere.png, which does not exist",
+        ),
+        ("leftImg8bit/train/farfield/not_there_leftImg8bit.png", "missing image", "file not found"),
+        (
+            "gtFine/train/farfield/not_there_gtFine_labelTrainIds.png",
+            "missing label map",
+            "file not found",
+        ),
+    ]
+    lines = describe_training_files(scan)
+    assert lines[0].startswith(
+        "training set: 2 of 4 samples usable (0 left out by the data "
+        "set, 2 listed with a missing or unreadable file"
+    )
+    assert len(lines) == 4
+    assert describe_training_files(dict(scan, problems=[])) == []

@@ -25,61 +25,10 @@ from ann_seg.mmseg.losses import WeightedCrossEntropyLoss
 
 DEMO = osp.join(CONFIGS, "demo", "ann_r18-d8_1xb8-600it_synthetic-128x256.py")
 TRAIN_PY = osp.join(REPO, "tools", "train.py")
-PAUSED = "ann_seg: paused writing"
-PAUSE_ENV = "ANN_SEG_TEST_PAUSE_SAVE"  # read by PAUSE_SAVE in the tools the tests start
-
-# a val metric that rises with the iteration, so that every validation saves a new best
-RISING_SCORE = """
-from mmengine.evaluator import BaseMetric
-from mmengine.logging import MessageHub
-from mmseg.registry import METRICS
-
-
-@METRICS.register_module()
-class RisingScore(BaseMetric):
-    def __init__(self, **kwargs):
-        super().__init__()
-
-    def process(self, data_batch, data_samples):
-        self.results.append(0)
-
-    def compute_metrics(self, results):
-        return {"mIoU": float(MessageHub.get_current_instance().get_info("iter", 0))}
-"""
-
-# imported by the helpers' sitecustomize: with ANN_SEG_TEST_PAUSE_SAVE=GLOB (or GLOB@n), the
-# n-th checkpoint write whose name matches GLOB stops after half of its bytes (inside the
-# hook's atomic write) and says so, so that the test can SIGKILL the process there
-PAUSE_SAVE = f"""
-import fnmatch
-import os
-import sys
-import time
-
-SPEC = os.environ.get({PAUSE_ENV!r})
-if SPEC:
-    from ann_seg.mmseg import hooks
-
-    put, seen = hooks.AtomicLocalBackend.put, []
-
-    def paused_put(self, obj, filepath):
-        path = os.fspath(filepath)
-        pattern, _, nth = SPEC.partition("@")
-        if fnmatch.fnmatch(os.path.basename(path), pattern):
-            seen.append(path)
-            if len(seen) == int(nth or 1):
-
-                def write_half_and_wait(f):
-                    f.write(obj[: len(obj) // 2])
-                    f.flush()
-                    print("{PAUSED}", path, file=sys.stderr, flush=True)
-                    time.sleep(600)
-
-                return hooks.atomic_write_with(path, write_half_and_wait)
-        return put(self, obj, filepath)
-
-    hooks.AtomicLocalBackend.put = paused_put
-"""
+# the fault injection of the training subprocesses (its sitecustomize.py) and RisingScore, a
+# val metric that rises with the iteration, so that every validation saves a new best
+FAULTS = osp.join(osp.dirname(osp.abspath(__file__)), "faults")
+PAUSED = "fault: paused"
 
 
 # ---------------------------------------------------------------- the loss
@@ -252,24 +201,43 @@ def test_checkpoint_loads_keeps_intact_files(tmp_path):
 
 # ---------------------------------------------------------------- SIGKILL mid-write
 
-# (name, the write paused and killed, iteration the resume starts from, files that must load
-# right after the kill); the schedule: 4 iterations, checkpoint and validation every 2, a new
-# best at each validation (RisingScore), max_keep_ckpts=2
+# (name, the fault: the write paused and killed, ``GLOB[@N]:pause-mid`` (half of it written) or
+# ``...:pause-after`` (in place), iteration the resume starts from, files that must load right
+# after the kill); the schedule: 4 iterations, checkpoint and validation every 2, a new best at
+# each validation (RisingScore), max_keep_ckpts=2. A new best is written, then the previous
+# best removed, then the periodic checkpoint written again with the new bookkeeping.
 KILL_POINTS = [
-    ("first checkpoint iter_2", "iter_2.pth@1", 0, []),
-    ("first best", "best_mIoU_iter_2.pth", 2, ["iter_2.pth"]),
-    ("final checkpoint iter_4", "iter_4.pth@1", 2, ["iter_2.pth", "best_mIoU_iter_2.pth"]),
+    ("first checkpoint iter_2", "iter_2.pth@1:pause-mid", 0, []),
+    ("first best", "best_mIoU_iter_2.pth:pause-mid", 2, ["iter_2.pth"]),
+    (
+        "right after the first best (iter_2.pth names no best)",
+        "best_mIoU_iter_2.pth:pause-after",
+        2,
+        ["iter_2.pth", "best_mIoU_iter_2.pth"],
+    ),
+    (
+        "final checkpoint iter_4",
+        "iter_4.pth@1:pause-mid",
+        2,
+        ["iter_2.pth", "best_mIoU_iter_2.pth"],
+    ),
     (
         "best replacing the previous best",
-        "best_mIoU_iter_4.pth",
+        "best_mIoU_iter_4.pth:pause-mid",
         4,
         ["iter_2.pth", "iter_4.pth", "best_mIoU_iter_2.pth"],
     ),
     (
-        "final checkpoint rewritten after the best",
-        "iter_4.pth@2",
+        "right after the new best, before the previous one is removed",
+        "best_mIoU_iter_4.pth:pause-after",
         4,
         ["iter_2.pth", "iter_4.pth", "best_mIoU_iter_2.pth", "best_mIoU_iter_4.pth"],
+    ),
+    (
+        "final checkpoint rewritten after the best",
+        "iter_4.pth@2:pause-mid",
+        4,
+        ["iter_2.pth", "iter_4.pth", "best_mIoU_iter_4.pth"],
     ),
 ]
 
@@ -283,42 +251,54 @@ def demo_options(data_root, max_iters=4):
             "model.data_preprocessor.size": (64, 128),
             "train_cfg.val_interval": 2,
             "default_hooks.checkpoint.interval": 2,
-            "val_evaluator.type": "RisingScore",  # registered by the helpers' sitecustomize
+            "val_evaluator.type": "RisingScore",  # registered by faults/sitecustomize.py
         }
     )
     return options
 
 
-def _env(helpers, pause=None):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(helpers), env.get("PYTHONPATH")]))
-    env.pop(PAUSE_ENV, None)
-    if pause:
-        env[PAUSE_ENV] = pause
+def _env(**faults):
+    """The environment of a training subprocess with faults/sitecustomize.py: RisingScore
+    registered, ``faults`` (``write=...`` for ``FAULT_WRITE``, ...) injected."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAULT_")}
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", FAULT_RISING_SCORE="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [FAULTS, env.get("PYTHONPATH")]))
+    env.update({f"FAULT_{key.upper()}": str(value) for key, value in faults.items()})
     return env
 
 
-def kill_mid_write(args, cwd, env, log_path, timeout=300):
-    """Start ``args``, wait until the paused write is announced, SIGKILL it."""
+def signal_at_pause(args, cwd, env, log_path, signum=signal.SIGKILL, timeout=300):
+    """Start ``args``, wait until the injected pause is announced, send ``signum``; returns
+    the exit status and the announcement. Killed with SIGKILL whatever happens."""
     with open(log_path, "w") as log:
         proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             with open(log_path) as f:
-                if PAUSED in f.read():
-                    break
+                paused = [line for line in f.read().splitlines() if PAUSED in line]
+            if paused:
+                break
             if proc.poll() is not None:
                 raise AssertionError(
                     f"ended ({proc.returncode}) before the pause:\n" + _tail(log_path)
                 )
-            time.sleep(0.2)
+            time.sleep(0.1)
         else:
             raise AssertionError("no pause announced:\n" + _tail(log_path))
+        proc.send_signal(signum)
+        proc.wait(timeout=120)
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, paused[0]
+
+
+def kill_mid_write(args, cwd, env, log_path):
+    """Start ``args``, wait until the paused write is announced, SIGKILL it."""
+    returncode, _ = signal_at_pause(args, cwd, env, log_path)
+    assert returncode == -signal.SIGKILL
 
 
 def _tail(path, n=4000):
@@ -343,36 +323,34 @@ def test_sigkill_while_saving_never_leaves_a_truncated_checkpoint(
     cityscapes_root, tmp_path, monkeypatch, single_thread
 ):
     """SIGKILL in the middle of every kind of checkpoint write (half the bytes written, the
-    process paused by ``PAUSE_SAVE``): afterwards every checkpoint that resume or
-    the demo could choose loads, the previous best is still there, ``--resume`` finishes from
-    the last complete checkpoint, and a demo-like run (``train_to_final`` + ``test``) finishes.
-    With mmengine's own CheckpointHook the killed write is the file itself (truncated), and the
-    previous best is deleted before the new one is written."""
+    process paused by faults/sitecustomize.py), and right after a new best is written: afterwards
+    every checkpoint that resume or the demo could choose loads, the previous best is still
+    there, ``--resume`` finishes from the last complete checkpoint with one best checkpoint, and
+    a demo-like run (``train_to_final`` + ``test``) finishes. With mmengine's own CheckpointHook
+    the killed write is the file itself (truncated), and the previous best is deleted before the
+    new one is written."""
     from ann_seg.demo import train_to_final
     from ann_seg.mmseg import load_config
     from ann_seg.mmseg.runner import test
 
-    helpers = tmp_path / "helpers"
-    helpers.mkdir()
-    (helpers / "rising_score.py").write_text(RISING_SCORE)
-    (helpers / "pause_save.py").write_text(PAUSE_SAVE)
-    (helpers / "sitecustomize.py").write_text("import pause_save, rising_score  # noqa: F401\n")
-    monkeypatch.syspath_prepend(str(helpers))
-    importlib.import_module("rising_score")
+    monkeypatch.syspath_prepend(FAULTS)
+    importlib.import_module("rising_score")  # for the demo-like runs in this process
     options = demo_options(cityscapes_root)
     outcomes = []
-    for name, pause, resumed_from, intact in KILL_POINTS:
+    for name, fault, resumed_from, intact in KILL_POINTS:
         work = str(tmp_path / f"kill_{len(outcomes)}")
         args = [sys.executable, TRAIN_PY, DEMO, "--work-dir", work]
         args += ["--cfg-options", *as_cli(options)]
-        kill_mid_write(args, str(tmp_path), _env(helpers, pause), f"{work}.killed.log")
+        kill_mid_write(args, str(tmp_path), _env(write=fault), f"{work}.killed.log")
 
-        # everything choosable loads, nothing was lost; the interrupted write is a hidden
+        # everything choosable loads, nothing was lost; an interrupted write is a hidden
         # temporary file
         left = chosen_checkpoints_load(work)
         assert left == sorted(intact), (name, left)
+        mid_write = fault.endswith(":pause-mid")
         fragments = glob.glob(osp.join(work, ".*.pth.*.tmp"))
-        assert len(fragments) == 1 and pause.split("@")[0] in fragments[0], fragments
+        assert len(fragments) == int(mid_write), (name, fragments)
+        assert all(re.split("[@:]", fault)[0] in f for f in fragments), fragments
 
         demo_work = work + "_demo"  # the same state for the demo-like run
         shutil.copytree(work, demo_work)
@@ -386,7 +364,7 @@ def test_sigkill_while_saving_never_leaves_a_truncated_checkpoint(
         resume = subprocess.run(
             args + ["--resume"],
             cwd=str(tmp_path),
-            env=_env(helpers),
+            env=_env(),
             capture_output=True,
             text=True,
             timeout=600,
@@ -397,7 +375,7 @@ def test_sigkill_while_saving_never_leaves_a_truncated_checkpoint(
             assert re.search(rf"resumed epoch: \d+, iter: {resumed_from}\b", log), log[-3000:]
         else:
             assert "Did not find last_checkpoint" in log, (name, log[-3000:])
-        assert "removed 1 unfinished checkpoint write(s)" in log, (name, log[-3000:])
+        assert ("removed 1 unfinished checkpoint write(s)" in log) == mid_write, (name, log)
         assert not glob.glob(osp.join(work, ".*.tmp"))
         chosen_checkpoints_load(work)
         assert safe_load_checkpoint(osp.join(work, "iter_4.pth"))["meta"]["iter"] == 4
@@ -405,6 +383,8 @@ def test_sigkill_while_saving_never_leaves_a_truncated_checkpoint(
         # the resume keeps the better (RisingScore: the later) and moves the other aside
         bests = sorted(osp.basename(p) for p in glob.glob(osp.join(work, "best_*.pth")))
         assert len(bests) == 1, (name, bests)
+        recorded = safe_load_checkpoint(osp.join(work, bests[0]))["meta"]["best"]
+        assert recorded["key"] == "mIoU" and f"_iter_{recorded['step']}.pth" in bests[0]
         if sum(n.startswith("best_") for n in intact) == 2:
             assert bests == ["best_mIoU_iter_4.pth"], (name, bests)
             assert osp.exists(osp.join(work, "best_mIoU_iter_2.pth.superseded"))
@@ -434,3 +414,240 @@ def test_sigkill_while_saving_never_leaves_a_truncated_checkpoint(
     assert osp.exists(final + ".corrupt")
     outcomes.append({"kill point": "truncated iter_4.pth (old writer)", "demo-like run": "ok"})
     print("\nkill points:", len(KILL_POINTS), json.dumps(outcomes, indent=1))
+
+
+def _bests(work):
+    return sorted(osp.basename(p) for p in glob.glob(osp.join(work, "best_*.pth")))
+
+
+@pytest.mark.slow
+def test_one_best_checkpoint_after_a_kill_right_after_a_new_best_and_enospc(
+    cityscapes_root, tmp_path
+):
+    """QA's case: 8 iterations, validated and saved every 4; SIGKILL right after "The best
+    checkpoint ... at 4 iter is saved" (iter_4.pth, written before the validation, names no
+    best), ``--resume`` with ENOSPC at the iter-8 save that follows the new best, ``--resume``
+    again: best_mIoU_iter_4.pth and best_mIoU_iter_8.pth never both remain. The resume finds
+    best_mIoU_iter_4.pth and its score (its meta) on disk, so the new best replaces it."""
+    options = demo_options(cityscapes_root, max_iters=8)
+    options.update({"train_cfg.val_interval": 4, "default_hooks.checkpoint.interval": 4})
+    work = str(tmp_path / "work")
+    args = [sys.executable, TRAIN_PY, DEMO, "--work-dir", work, "--cfg-options", *as_cli(options)]
+    fault = "best_mIoU_iter_4.pth:pause-after"
+    kill_mid_write(args, str(tmp_path), _env(write=fault), str(tmp_path / "killed.log"))
+    assert _bests(work) == ["best_mIoU_iter_4.pth"]
+    iter_4 = safe_load_checkpoint(osp.join(work, "iter_4.pth"))["message_hub"]["runtime_info"]
+    assert "best_ckpt" not in iter_4  # the kill came before the rewrite naming the new best
+
+    def resume(**faults):
+        proc = subprocess.run(
+            args + ["--resume"],
+            cwd=str(tmp_path),
+            env=_env(**faults),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        return proc.returncode, proc.stdout + proc.stderr
+
+    # the disk is full when iter_8.pth is written again after the new best: the run fails,
+    # the new best is in place and the previous one already gone
+    returncode, log = resume(write="iter_8.pth@2:enospc")
+    assert returncode != 0 and "No space left on device" in log, log[-3000:]
+    assert _bests(work) == ["best_mIoU_iter_8.pth"], log[-3000:]
+    assert "best checkpoint best_mIoU_iter_4.pth (mIoU 3.0000), found in" in log, log[-3000:]
+    # resumed from iter_8.pth of the first write, which names best_mIoU_iter_4.pth
+    returncode, log = resume()
+    assert returncode == 0, log[-3000:]
+    assert re.search(r"resumed epoch: \d+, iter: 8\b", log), log[-3000:]
+    assert "best checkpoint best_mIoU_iter_8.pth (mIoU 7.0000), found in" in log, log[-3000:]
+    assert _bests(work) == ["best_mIoU_iter_8.pth"]
+    assert not glob.glob(osp.join(work, "*.superseded")) and not glob.glob(osp.join(work, ".*"))
+    best = safe_load_checkpoint(osp.join(work, "best_mIoU_iter_8.pth"))["meta"]["best"]
+    assert best == {"key": "mIoU", "score": 7.0, "rule": "greater", "step": 8}
+
+
+# ---------------------------------------------------------------- rebuilding the best in-process
+
+
+class _FakeRunner:
+    """What ``AtomicCheckpointHook.before_train`` reads of a Runner that resumed."""
+
+    def __init__(self, work_dir, iteration, runtime_info=None):
+        from mmengine.logging import MessageHub, MMLogger
+
+        self.work_dir = str(work_dir)
+        self.iter, self.epoch, self._resume = iteration, 0, True
+        self.message_hub = MessageHub.get_instance(f"rebuild-{id(self)}")
+        for key, value in (runtime_info or {}).items():
+            self.message_hub.update_info(key, value)
+        self.logger = MMLogger.get_instance(f"rebuild-{id(self)}")
+        self.messages = []
+        self.logger.info = self.logger.warning = self.messages.append
+
+
+def _best_file(path, score=None, key="mIoU", hub_score=None):
+    meta = {"iter": 0}
+    if score is not None:
+        meta["best"] = {"key": key, "score": score, "rule": "greater", "step": 0}
+    checkpoint = {"meta": meta, "state_dict": {"w": torch.zeros(4)}}
+    if hub_score is not None:  # mmengine's own hook: the score only in the message hub
+        checkpoint["message_hub"] = {"runtime_info": {"best_score": hub_score}}
+    torch.save(checkpoint, path)
+
+
+def test_resume_rebuilds_the_best_from_the_files_on_disk(tmp_path):
+    """The resumed state names no best (killed right after the first best) or a removed one;
+    the hook's best afterwards is the best file at or before the resumed step with the best
+    recorded score (meta, else an mmengine message hub); later ones and worse ones are moved
+    aside; with no best file, the next validation writes one."""
+    from ann_seg.mmseg.hooks import AtomicCheckpointHook
+
+    _best_file(tmp_path / "best_mIoU_iter_2.pth", score=0.5)
+    _best_file(tmp_path / "best_mIoU_iter_4.pth", score=0.7)
+    _best_file(tmp_path / "best_mIoU_iter_6.pth", score=0.9)  # after the resumed step
+    _best_file(tmp_path / "best_aAcc_iter_4.pth", score=0.1, key="aAcc")  # another key's
+    runner = _FakeRunner(tmp_path, 4, {"best_ckpt": str(tmp_path / "best_mIoU_iter_1.pth")})
+    hook = AtomicCheckpointHook(interval=2, by_epoch=False, save_best="mIoU")
+    hook.before_train(runner)
+    assert hook.best_ckpt_path == str(tmp_path / "best_mIoU_iter_4.pth")
+    assert runner.message_hub.get_info("best_score") == 0.7
+    assert runner.message_hub.get_info("best_ckpt") == hook.best_ckpt_path
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best_aAcc_iter_4.pth",
+        "best_mIoU_iter_2.pth.superseded",
+        "best_mIoU_iter_4.pth",
+        "best_mIoU_iter_6.pth.superseded",
+    ]
+    assert any("the resumed state named best_mIoU_iter_1.pth" in m for m in runner.messages)
+
+    # one best file, the state naming none; its score only in an mmengine message hub
+    other = tmp_path / "other"
+    other.mkdir()
+    _best_file(other / "best_mIoU_iter_2.pth", hub_score=0.25)
+    runner = _FakeRunner(other, 2)
+    hook = AtomicCheckpointHook(interval=2, by_epoch=False, save_best="mIoU")
+    hook.before_train(runner)
+    assert hook.best_ckpt_path == str(other / "best_mIoU_iter_2.pth")
+    assert runner.message_hub.get_info("best_score") == 0.25
+
+    # the state names a best file that is gone: none, and any score beats -inf again
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    named = str(empty / "best_mIoU_iter_2.pth")
+    runner = _FakeRunner(empty, 2, {"best_ckpt": named, "best_score": 0.8})
+    hook = AtomicCheckpointHook(interval=2, by_epoch=False, save_best="mIoU")
+    hook.before_train(runner)
+    assert hook.best_ckpt_path is None
+    assert runner.message_hub.get_info("best_score") == -float("inf")
+    assert any("the next validation writes one" in m for m in runner.messages)
+
+
+# ---------------------------------------------------------------- SIGINT and SIGTERM
+
+
+def test_deferred_interrupts_hold_a_signal_until_the_write_is_done(capsys):
+    """In-process: a SIGINT inside ``deferred_interrupts`` acts when the block ends (a second
+    one at once); SIGTERM inside ``termination_as_interrupt`` raises ``Terminated``; the
+    tools print one line with 130 or 143, also for mmengine's SyntaxError around a Ctrl-C."""
+    from ann_seg.mmseg.interrupts import (
+        Terminated,
+        deferred_interrupts,
+        termination_as_interrupt,
+    )
+    from ann_seg.tools import cli
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupts():
+            signal.raise_signal(signal.SIGINT)
+            done.append("written")
+    assert done == ["written"]
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupts():
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+            done.append("never")
+    assert done == ["written"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated):
+        with termination_as_interrupt(), deferred_interrupts():
+            signal.raise_signal(signal.SIGTERM)
+            done.append("written")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+    def terminated(argv):
+        raise Terminated()
+
+    def formatting_interrupted(argv):
+        try:
+            raise KeyboardInterrupt
+        except BaseException:
+            raise SyntaxError("Failed to format the config file, please check: ...") from None
+
+    assert cli.run(terminated, []) == 143
+    assert capsys.readouterr().err == "terminated (SIGTERM)\n"
+    assert cli.run(formatting_interrupted, []) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+# (signal, where the process is paused when it arrives, exit status, last line of stderr)
+SIGNAL_POINTS = [
+    ("SIGINT", "format", 130, "interrupted"),
+    ("SIGTERM", "format", 143, "terminated (SIGTERM)"),
+    ("SIGINT", "train", 130, "interrupted"),
+    ("SIGTERM", "train", 143, "terminated (SIGTERM)"),
+]
+
+
+def _running(pid):
+    """Whether ``pid`` is a process that has not exited (a zombie has)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not osp.isdir("/proc"), reason="reads /proc for the workers")
+@pytest.mark.parametrize("name, where, status, last_line", SIGNAL_POINTS)
+def test_sigint_and_sigterm_stop_training_cleanly(
+    cityscapes_root, tmp_path, name, where, status, last_line
+):
+    """SIGINT or SIGTERM while mmengine formats the config for the first checkpoint save
+    (where mmengine turned Ctrl-C into "SyntaxError: Failed to format the config file" and a
+    config dump), or between training iterations with 2 persistent data loader workers: one
+    line, exit status 130 or 143, the checkpoint written completely or not at all, no worker
+    left running."""
+    options = demo_options(cityscapes_root)
+    options.update({"train_dataloader.num_workers": 2, "train_dataloader.persistent_workers": True})
+    work = str(tmp_path / "work")
+    args = [sys.executable, TRAIN_PY, DEMO, "--work-dir", work, "--cfg-options", *as_cli(options)]
+    if where == "format":  # a short pause: the save completes, then the signal acts
+        env = _env(format_pause=1, pause_seconds=2)
+    else:
+        env = _env(train_pause=1, pause_seconds=120)
+    log_path = str(tmp_path / "run.log")
+    returncode, paused = signal_at_pause(
+        args, str(tmp_path), env, log_path, signum=getattr(signal, name)
+    )
+    workers = [int(p) for p in re.findall(r"\d+", paused.partition("children=")[2])]
+    still_running = [pid for pid in workers if _running(pid)]
+    with open(log_path) as f:
+        log = f.read()
+    assert returncode == status, log[-3000:]
+    assert log.rstrip().splitlines()[-1] == last_line, log[-3000:]
+    assert "Traceback" not in log and "Failed to format" not in log, log[-3000:]
+    assert "model = dict(" not in log  # no config dump
+    assert len(workers) == 2, paused
+    assert not still_running, (still_running, log[-2000:])
+    # the checkpoint: complete (the save finished before the signal acted) or absent
+    assert not glob.glob(osp.join(work, ".*.tmp"))
+    saved = chosen_checkpoints_load(work)
+    assert saved == (["iter_2.pth"] if where == "format" else []), saved
+    if where == "format":
+        assert safe_load_checkpoint(osp.join(work, "iter_2.pth"))["meta"]["iter"] == 2
+        with open(osp.join(work, "last_checkpoint")) as f:
+            assert f.read().strip() == osp.join(work, "iter_2.pth")
