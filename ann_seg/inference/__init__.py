@@ -2,7 +2,9 @@
 
 from .folder import (
     DEFAULT_OUT_DIR,
+    DistributedOptions,
     FolderInference,
+    LoaderOptions,
     OutputOptions,
     run_inference,
 )
@@ -10,9 +12,11 @@ from .inputs import ImageTask, InferenceInputError, collect_inputs
 
 __all__ = [
     "DEFAULT_OUT_DIR",
+    "DistributedOptions",
     "FolderInference",
     "ImageTask",
     "InferenceInputError",
+    "LoaderOptions",
     "OutputOptions",
     "collect_inputs",
     "run_inference",

@@ -137,11 +137,13 @@ def _is_finished(task: ImageTask, out_dir: str, journal: Journal) -> bool:
 
 @dataclass
 class OutputOptions:
-    """What is written per image."""
+    """What is written per image, and what happens to outputs already there: ``force``
+    segments every image again; otherwise images the journal records as done are skipped."""
 
     overlay: bool = False
     opacity: float = 0.5
     save_logits: Optional[str] = None
+    force: bool = False
 
     def __post_init__(self):
         if not 0.0 < self.opacity <= 1.0:
@@ -150,6 +152,46 @@ class OutputOptions:
             raise InferenceInputError(
                 f"save_logits must be one of {LOGIT_FORMATS}, got {self.save_logits!r}"
             )
+
+
+@dataclass
+class LoaderOptions:
+    """What is read and how: ``recursive`` and ``extensions`` for folders, ``max_pixels`` and
+    ``max_bytes`` per image (``read_image``), ``batch_size`` consecutive images of equal size
+    per forward, and the loop: ``pipeline`` (default: ``workers > 0``) runs ``workers``
+    DataLoader processes and ``writers`` threads around the forward (``pipeline``), else the
+    sequential loop."""
+
+    batch_size: int = 1
+    workers: int = 0
+    writers: int = DEFAULT_WRITERS
+    pipeline: Optional[bool] = None
+    recursive: bool = False
+    extensions: Optional[Sequence[str]] = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: Optional[int] = None
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise InferenceInputError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.workers < 0 or self.writers < 1:
+            raise InferenceInputError(
+                f"need workers >= 0 and writers >= 1, got {self.workers}, {self.writers}"
+            )
+
+    @property
+    def pipelined(self) -> bool:
+        return self.workers > 0 if self.pipeline is None else self.pipeline
+
+
+@dataclass
+class DistributedOptions:
+    """``launcher`` ``pytorch`` (torchrun) or ``slurm``: this process is one rank of a
+    distributed run (``distributed``); rank 0 waits at most ``timeout`` seconds for the
+    others to join and to finish."""
+
+    launcher: str = "none"
+    timeout: float = DEFAULT_TIMEOUT_S
 
 
 class FolderInference:
@@ -169,13 +211,12 @@ class FolderInference:
         outputs: OutputOptions,
         device: str,
         speed: Optional[ResolvedSpeed] = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        max_bytes: Optional[int] = None,
+        loader: Optional[LoaderOptions] = None,
         journal: Optional[Journal] = None,
     ):
         self.model, self.tasks, self.out_dir = model, tasks, out_dir
         self.outputs, self.device, self.speed = outputs, device, speed
-        self.max_pixels, self.max_bytes, self.journal = max_pixels, max_bytes, journal
+        self.loader, self.journal = loader or LoaderOptions(), journal
         self.palette = model.dataset_meta["palette"]
         self.num_classes = len(model.dataset_meta["classes"])
         self.records: Dict[int, dict] = {}
@@ -189,7 +230,7 @@ class FolderInference:
             self.journal.add(dict(self.failures[index], status="failed"), identity)
 
     def preprocess(self, index: int) -> Optional[Decoded]:
-        item = decode_task(index, self.tasks[index], self.max_pixels, self.max_bytes)
+        item = decode_task(index, self.tasks[index], self.loader.max_pixels, self.loader.max_bytes)
         if isinstance(item, Failed):
             self.fail(index, item.reason, item.identity)
             return None
@@ -199,8 +240,9 @@ class FolderInference:
         """The pipelined loop's reading stage for the tasks ``todo`` (``pipeline``)."""
         pipeline_cfg = inference_pipeline(self.model.cfg)
         keep_image = "overlay" in (self.tasks[todo[0]].outputs if todo else {})
+        loader = self.loader
         return PreprocessDataset(
-            self.tasks, todo, pipeline_cfg, self.max_pixels, self.max_bytes, keep_image
+            self.tasks, todo, pipeline_cfg, loader.max_pixels, loader.max_bytes, keep_image
         )
 
     def _predict(self, batch: List[Decoded]) -> list:
@@ -263,10 +305,10 @@ class FolderInference:
         atomic_write_bytes(task.outputs["label"], encode_label_png(label, self.palette))
         return label
 
-    def run(self, todo: Sequence[int], batch_size: int, progress: Progress) -> None:
+    def run(self, todo: Sequence[int], progress: Progress) -> None:
         """Segment the tasks ``todo``; consecutive images of equal size share a batch."""
         items = (self.preprocess(index) for index in todo)
-        for batch in equal_shape_batches(items, batch_size, progress.update):
+        for batch in equal_shape_batches(items, self.loader.batch_size, progress.update):
             for item, result, seconds in self.forward(batch):
                 self.write(item, result, seconds)
             progress.update(len(batch))
@@ -278,62 +320,54 @@ def run_inference(
     input_path: str,
     out_dir: str = DEFAULT_OUT_DIR,
     *,
-    overlay: bool = False,
-    opacity: float = 0.5,
-    batch_size: int = 1,
+    outputs: Optional[OutputOptions] = None,
+    loader: Optional[LoaderOptions] = None,
+    speed: Optional[SpeedPolicy] = None,
+    distributed: Optional[DistributedOptions] = None,
     device: Optional[str] = None,
-    recursive: bool = False,
-    extensions: Optional[Sequence[str]] = None,
-    save_logits: Optional[str] = None,
-    force: bool = False,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
     cfg_options: Optional[dict] = None,
     progress: bool = True,
-    speed: Optional[SpeedPolicy] = None,
-    max_bytes: Optional[int] = None,
-    workers: int = 0,
-    pipeline: Optional[bool] = None,
-    writers: int = DEFAULT_WRITERS,
-    launcher: str = "none",
-    dist_timeout: float = DEFAULT_TIMEOUT_S,
 ) -> dict:
     """Segment every image of ``input_path`` (image, folder or list file) into ``out_dir``.
 
-    ``speed`` (``ann_seg.mmseg.speed``; default float32 as the config builds it) is applied
-    to the model (``apply_inference_speed``); the summary records what ran.
+    ``outputs`` (``OutputOptions``): what is written per image, ``force``; ``loader``
+    (``LoaderOptions``): which files, size limits, batching and the loop; ``speed``
+    (``ann_seg.mmseg.speed``; default float32 as the config builds it) is applied to the model
+    (``apply_inference_speed``), the summary records what ran; ``distributed``
+    (``DistributedOptions``): one rank of a launch. Defaults: ``OutputOptions()`` etc.
 
-    Every finished image is appended to ``out_dir/journal.jsonl``; unless ``force``, images the
-    journal records as done from the same input (name, size, mtime) whose outputs all exist
-    are skipped. Images that cannot be read (``max_pixels``, ``max_bytes``: see
-    ``read_image``) or segmented are reported in the summary's ``failures`` (name and reason)
-    and the others are processed. Consecutive images of equal size are batched
-    (``batch_size``). Returns the summary, rebuilt from the journal, that is also written to
-    ``out_dir/summary.json`` (also at the start, periodically and on an interruption).
+    Every finished image is appended to ``out_dir/journal.jsonl``; unless ``outputs.force``,
+    images the journal records as done from the same input (name, size, mtime) whose outputs
+    all exist are skipped. Images that cannot be read (``loader.max_pixels``,
+    ``loader.max_bytes``: see ``read_image``) or segmented are reported in the summary's
+    ``failures`` (name and reason) and the others are processed. Consecutive images of equal
+    size are batched (``loader.batch_size``). Returns the summary, rebuilt from the journal,
+    that is also written to ``out_dir/summary.json`` (also at the start, periodically and on
+    an interruption).
 
-    ``pipeline`` (default: ``workers > 0``): the pipelined loop (``pipeline``: ``workers``
-    DataLoader processes read and preprocess, ``writers`` threads write; the same labels),
-    else the sequential one. ``launcher`` ``pytorch`` (torchrun) or ``slurm``: this process is
-    one rank and segments its shard (``distributed``); rank 0 writes the merged summary when
-    all ranks are done (waiting at most ``dist_timeout`` seconds) and returns it, the other
-    ranks return it as they see it then; with ``"rank"``: this rank's own counts.
+    ``loader.pipelined``: the pipelined loop (``pipeline``: ``loader.workers`` DataLoader
+    processes read and preprocess, ``loader.writers`` threads write; the same labels), else
+    the sequential one. ``distributed.launcher`` ``pytorch`` (torchrun) or ``slurm``: this
+    process is one rank and segments its shard (``distributed``); rank 0 writes the merged
+    summary when all ranks are done (waiting at most ``distributed.timeout`` seconds) and
+    returns it, the other ranks return it as they see it then; with ``"rank"``: this rank's
+    own counts.
 
     Raises:
         InferenceInputError: ``input_path`` is missing or holds no images, or bad options.
         ModelLoadError: the config or checkpoint cannot be loaded.
     """
-    outputs = OutputOptions(overlay, opacity, save_logits)
-    if batch_size < 1:
-        raise InferenceInputError(f"batch size must be >= 1, got {batch_size}")
-    if workers < 0 or writers < 1:
-        raise InferenceInputError(f"need workers >= 0 and writers >= 1, got {workers}, {writers}")
-    info = rank_info(launcher)
+    outputs = outputs or OutputOptions()
+    loader = loader or LoaderOptions()
+    distributed = distributed or DistributedOptions()
+    info = rank_info(distributed.launcher)
     start, started = time.perf_counter(), time.time()
-    tasks = collect_inputs(input_path, recursive, extensions, out_dir=out_dir)
+    tasks = collect_inputs(input_path, loader.recursive, loader.extensions, out_dir=out_dir)
     for task in tasks:
-        _plan_outputs(task, out_dir, overlay, save_logits)
+        _plan_outputs(task, out_dir, outputs.overlay, outputs.save_logits)
     _mark_output_conflicts(tasks, out_dir)
     mine = shard(tasks, info.rank, info.world_size)
-    group = RankGroup(info, dist_timeout)
+    group = RankGroup(info, distributed.timeout)
     try:
         with sigterm_as_interrupt(info.launcher != "none"):
             device = rank_device(info, device)
@@ -347,12 +381,16 @@ def run_inference(
             load_s = time.perf_counter() - start
             journal = Journal(out_dir, info.rank, info.world_size)
             runner = FolderInference(
-                model, tasks, out_dir, outputs, device, resolved, max_pixels, max_bytes, journal
+                model, tasks, out_dir, outputs, device, resolved, loader, journal
             )
             todo, skipped = [], []
             for index in mine:
                 task = tasks[index]
-                if not force and task.error is None and _is_finished(task, out_dir, journal):
+                if (
+                    not outputs.force
+                    and task.error is None
+                    and _is_finished(task, out_dir, journal)
+                ):
                     skipped.append(task.name)
                 else:
                     todo.append(index)
@@ -371,15 +409,22 @@ def run_inference(
             }
             run = group.agree(journal.next_run)
             journal.start(fields, [(t.name, t.path) for t in tasks], skipped, started, load_s, run)
-            use_pipeline = workers > 0 if pipeline is None else pipeline
             try:
                 with Progress(len(mine), enabled=progress and info.rank == 0) as bar:
                     bar.update(len(skipped))
-                    if use_pipeline:
+                    if loader.pipelined:
                         pin = device.startswith("cuda")
-                        run_pipelined(runner, todo, batch_size, bar, workers, writers, pin)
+                        run_pipelined(
+                            runner,
+                            todo,
+                            loader.batch_size,
+                            bar,
+                            loader.workers,
+                            loader.writers,
+                            pin,
+                        )
                     else:
-                        runner.run(todo, batch_size, bar)
+                        runner.run(todo, bar)
             except BaseException as error:
                 journal.close()
                 if info.rank == 0:

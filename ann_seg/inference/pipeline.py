@@ -15,7 +15,7 @@ reason as in the sequential loop. On CUDA the loader pins its tensors and the co
 device are ``non_blocking``.
 
 ``workers=0`` runs the same stages with the reading in the main thread (the DataLoader's
-in-process mode). Which loop ``run_inference`` uses: ``folder.run_inference``'s ``pipeline``.
+in-process mode). Which loop ``run_inference`` uses: ``folder.LoaderOptions.pipelined``.
 """
 
 import copy

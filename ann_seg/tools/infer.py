@@ -23,7 +23,13 @@ a re-run with any number of ranks skips what is done):
 import argparse
 import sys
 
-from ann_seg.inference import DEFAULT_OUT_DIR, run_inference
+from ann_seg.inference import (
+    DEFAULT_OUT_DIR,
+    DistributedOptions,
+    LoaderOptions,
+    OutputOptions,
+    run_inference,
+)
 from ann_seg.inference.distributed import (
     DEFAULT_TIMEOUT_S,
     LAUNCHERS,
@@ -177,21 +183,24 @@ def main(argv=None) -> int:
         args.checkpoint,
         args.input,
         args.out_dir,
-        overlay=args.overlay,
-        opacity=args.opacity,
-        batch_size=args.batch_size,
+        outputs=OutputOptions(
+            overlay=args.overlay,
+            opacity=args.opacity,
+            save_logits=args.save_logits,
+            force=args.force,
+        ),
+        loader=LoaderOptions(
+            batch_size=args.batch_size,
+            workers=args.workers,
+            recursive=args.recursive,
+            extensions=args.ext,
+            max_pixels=int(args.max_pixels),
+        ),
+        speed=speed_policy(args, "infer", args.device or default_device()),
+        distributed=DistributedOptions(launcher=args.launcher, timeout=args.dist_timeout),
         device=args.device,
-        recursive=args.recursive,
-        extensions=args.ext,
-        save_logits=args.save_logits,
-        force=args.force,
-        max_pixels=int(args.max_pixels),
         cfg_options=cfg_options,
         progress=not args.no_progress,
-        speed=speed_policy(args, "infer", args.device or default_device()),
-        workers=args.workers,
-        launcher=args.launcher,
-        dist_timeout=args.dist_timeout,
     )
     if info.rank != 0:  # rank 0 reports the merged run; exiting 0 keeps torchrun waiting
         own = summary["rank"]
