@@ -1,5 +1,6 @@
 """Inference: folder segmentation (``ann-seg infer``), attention maps, ONNX export."""
 
+from .fingerprint import ModelChangedError
 from .folder import (
     DEFAULT_OUT_DIR,
     DistributedOptions,
@@ -9,6 +10,7 @@ from .folder import (
     run_inference,
 )
 from .inputs import ImageTask, InferenceInputError, collect_inputs
+from .outdir import OutDirBusyError, OutputDirError, OutputStorageError
 
 __all__ = [
     "DEFAULT_OUT_DIR",
@@ -17,7 +19,11 @@ __all__ = [
     "ImageTask",
     "InferenceInputError",
     "LoaderOptions",
+    "ModelChangedError",
+    "OutDirBusyError",
+    "OutputDirError",
     "OutputOptions",
+    "OutputStorageError",
     "collect_inputs",
     "run_inference",
 ]

@@ -30,6 +30,7 @@ Across processes and machines: ``distributed`` (one shard per rank, merged summa
 """
 
 import contextlib
+import os
 import os.path as osp
 import sys
 import time
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 import torch.nn as nn
 from mmseg.apis import inference_model
 
@@ -56,13 +58,14 @@ from ann_seg.mmseg.speed import ResolvedSpeed, SpeedPolicy, apply_inference_spee
 from .distributed import (
     DEFAULT_TIMEOUT_S,
     RankGroup,
+    RankInfo,
     incomplete_note,
     rank_device,
     rank_info,
     shard,
-    sigterm_as_interrupt,
     warn,
 )
+from .fingerprint import ModelChangedError, changed_parts, checkpoint_digest, model_fingerprint
 from .inputs import (
     LABEL_DIR,
     LOGITS_DIR,
@@ -71,13 +74,22 @@ from .inputs import (
     InferenceInputError,
     collect_inputs,
 )
-from .journal import (  # noqa: F401  (SUMMARY_NAME: re-exported)
+from .journal import (
     SUMMARY_NAME,
     Journal,
     input_identity,
+    journal_name,
     read_journals,
     rebuild_summary,
     summarize,
+)
+from .outdir import (
+    LOCK_NAME,
+    OutDirLock,
+    OutputStorageError,
+    check_out_dir,
+    describe_holder,
+    storage_errors,
 )
 from .pipeline import (
     DEFAULT_WRITERS,
@@ -92,9 +104,11 @@ from .pipeline import (
     run_pipelined,
     with_no_grad_test_step,
 )
+from .signals import Terminated, sigterm_as_interrupt
 
 DEFAULT_OUT_DIR = "outputs/infer"
 LOGIT_FORMATS = ("npy", "npz")
+MODEL_CHANGE_ACTIONS = ("redo", "refuse")
 
 
 def _plan_outputs(task: ImageTask, out_dir: str, overlay: bool, save_logits: Optional[str]) -> None:
@@ -135,6 +149,24 @@ def _is_finished(task: ImageTask, out_dir: str, journal: Journal) -> bool:
     )
 
 
+def nonfinite_logits(result) -> Optional[str]:
+    """Why ``result`` (a ``SegDataSample``) must not become a label map: its logits hold NaN or
+    infinity (an overflow, broken weights); ``None`` when they are finite or absent."""
+    logits = getattr(getattr(result, "seg_logits", None), "data", None)
+    if logits is None:
+        return None
+    finite = torch.isfinite(logits)
+    if bool(finite.all()):
+        return None
+    bad = finite.numel() - int(finite.sum())
+    return f"non-finite logits: {bad} of {finite.numel()} values are NaN or infinite"
+
+
+def _save(path: str, data: bytes) -> None:
+    with storage_errors(path):
+        atomic_write_bytes(path, data)
+
+
 @dataclass
 class OutputOptions:
     """What is written per image, and what happens to outputs already there: ``force``
@@ -144,6 +176,7 @@ class OutputOptions:
     opacity: float = 0.5
     save_logits: Optional[str] = None
     force: bool = False
+    on_model_change: str = "redo"
 
     def __post_init__(self):
         if not 0.0 < self.opacity <= 1.0:
@@ -151,6 +184,11 @@ class OutputOptions:
         if self.save_logits not in (None, *LOGIT_FORMATS):
             raise InferenceInputError(
                 f"save_logits must be one of {LOGIT_FORMATS}, got {self.save_logits!r}"
+            )
+        if self.on_model_change not in MODEL_CHANGE_ACTIONS:
+            raise InferenceInputError(
+                f"on_model_change must be one of {MODEL_CHANGE_ACTIONS}, "
+                f"got {self.on_model_change!r}"
             )
 
 
@@ -265,11 +303,19 @@ class FolderInference:
         return [(item, result, seconds) for item, result in zip(batch, results)]
 
     def write(self, item: Decoded, result, infer_s: float) -> None:
+        """Write the outputs of ``result`` and journal the image; or fail it (non-finite logits,
+        an error of its own); a storage error (``OutputStorageError``) stops the run."""
         task = self.tasks[item.index]
         start = time.perf_counter()
+        reason = nonfinite_logits(result)
+        if reason is not None:
+            self.fail(item.index, reason, item.identity)
+            return
         try:
             label = self._write_outputs(task, item.image, result)
-        except Exception as error:  # noqa: BLE001 - a full disk, a permission: report it
+        except OutputStorageError:
+            raise  # no space left etc.: every image would fail alike
+        except Exception as error:  # noqa: BLE001 - a permission, a name too long: report it
             reason = f"cannot write outputs: {type(error).__name__}: {error}"
             self.fail(item.index, reason, item.identity)
             return
@@ -296,13 +342,11 @@ class FolderInference:
         label = result.pred_sem_seg.data[0].cpu().numpy()
         if self.outputs.save_logits:
             logits = result.seg_logits.data.float().cpu().numpy()
-            atomic_write_bytes(
-                task.outputs["logits"], encode_logits(logits, self.outputs.save_logits)
-            )
+            _save(task.outputs["logits"], encode_logits(logits, self.outputs.save_logits))
         if "overlay" in task.outputs:
             overlay_bgr = render_overlay(image, label, self.palette, self.outputs.opacity)
-            atomic_write_bytes(task.outputs["overlay"], encode_jpeg(overlay_bgr))
-        atomic_write_bytes(task.outputs["label"], encode_label_png(label, self.palette))
+            _save(task.outputs["overlay"], encode_jpeg(overlay_bgr))
+        _save(task.outputs["label"], encode_label_png(label, self.palette))
         return label
 
     def run(self, todo: Sequence[int], progress: Progress) -> None:
@@ -367,34 +411,24 @@ def run_inference(
         _plan_outputs(task, out_dir, outputs.overlay, outputs.save_logits)
     _mark_output_conflicts(tasks, out_dir)
     mine = shard(tasks, info.rank, info.world_size)
-    group = RankGroup(info, distributed.timeout)
+    files = [journal_name(info.rank, info.world_size), SUMMARY_NAME, LOCK_NAME]
+    made = check_out_dir(out_dir, files, _output_folders(outputs))
+    lock, group = OutDirLock(out_dir), None
     try:
-        with sigterm_as_interrupt(info.launcher != "none"):
+        if info.rank == 0:  # the other ranks rely on their shards
+            _say_lock(lock.acquire(), info)
+        group = RankGroup(info, distributed.timeout)
+        with sigterm_as_interrupt():
             device = rank_device(info, device)
-            resolved = (speed or SpeedPolicy()).resolve(device)
-            if resolved.note and info.rank == 0:
-                print(f"speed: {resolved.name} ({resolved.note})", file=sys.stderr)
-            model = build_segmentor(
-                config, device=device, cfg_options=cfg_options, checkpoint=checkpoint
+            model, resolved, fingerprint = _load_model(
+                config, checkpoint, device, speed, cfg_options, info
             )
-            apply_inference_speed(model, resolved)
             load_s = time.perf_counter() - start
-            journal = Journal(out_dir, info.rank, info.world_size)
+            journal = Journal(out_dir, info.rank, info.world_size, fingerprint["digest"])
             runner = FolderInference(
                 model, tasks, out_dir, outputs, device, resolved, loader, journal
             )
-            todo, skipped = [], []
-            for index in mine:
-                task = tasks[index]
-                if (
-                    not outputs.force
-                    and task.error is None
-                    and _is_finished(task, out_dir, journal)
-                ):
-                    skipped.append(task.name)
-                else:
-                    todo.append(index)
-            meta = model.dataset_meta
+            todo, skipped = _plan_work(tasks, mine, journal, outputs, fingerprint, info)
             fields = {
                 "config": config if isinstance(config, str) else getattr(config, "filename", None),
                 "checkpoint": str(checkpoint),
@@ -403,41 +437,30 @@ def run_inference(
                 "device": device,
                 "speed": resolved.record(),
                 "test_cfg": dict(model.test_cfg) if model.test_cfg else {"mode": "whole"},
-                "classes": meta["classes"],
+                "classes": model.dataset_meta["classes"],
                 "palette": runner.palette,
-                "palette_source": meta["source"],
+                "palette_source": model.dataset_meta["source"],
+                "fingerprint": fingerprint,
             }
             run = group.agree(journal.next_run)
             journal.start(fields, [(t.name, t.path) for t in tasks], skipped, started, load_s, run)
             try:
                 with Progress(len(mine), enabled=progress and info.rank == 0) as bar:
                     bar.update(len(skipped))
-                    if loader.pipelined:
-                        pin = device.startswith("cuda")
-                        run_pipelined(
-                            runner,
-                            todo,
-                            loader.batch_size,
-                            bar,
-                            loader.workers,
-                            loader.writers,
-                            pin,
-                        )
-                    else:
-                        runner.run(todo, bar)
+                    _loop(runner, todo, loader, bar)
             except BaseException as error:
                 journal.close()
-                if info.rank == 0:
-                    with contextlib.suppress(Exception):  # keep the original error
-                        summary = rebuild_summary(out_dir, now=time.time())
-                        if info.distributed:
-                            stopped = f"stopped by {error or type(error).__name__}"
-                            warn(info, incomplete_note(summary, stopped) or stopped)
+                _stopped(error, out_dir, info)
                 raise
             journal.close()
             problem = group.barrier()
     finally:
-        group.close()
+        if group is not None:
+            group.close()
+        lock.release()
+        if made and not info.distributed:
+            with contextlib.suppress(OSError):
+                os.rmdir(out_dir)  # only when empty: nothing was written (the model failed)
     if info.rank == 0:
         summary = rebuild_summary(out_dir, now=time.time())
         note = incomplete_note(summary, problem) if info.distributed else None
@@ -455,3 +478,109 @@ def run_inference(
             "failed": len(runner.failures),
         }
     return summary
+
+
+def _load_model(
+    config, checkpoint: str, device: str, speed: Optional[SpeedPolicy], cfg_options, info
+) -> Tuple[nn.Module, ResolvedSpeed, dict]:
+    """The model with ``speed`` applied, the resolved speed and the model's fingerprint (the
+    checkpoint file hashed first, once)."""
+    resolved = (speed or SpeedPolicy()).resolve(device)
+    if resolved.note and info.rank == 0:
+        print(f"speed: {resolved.name} ({resolved.note})", file=sys.stderr)
+    checkpoint_hash = checkpoint_digest(str(checkpoint))
+    model = build_segmentor(config, device=device, cfg_options=cfg_options, checkpoint=checkpoint)
+    apply_inference_speed(model, resolved)
+    fingerprint = model_fingerprint(
+        model.cfg, str(checkpoint), checkpoint_hash, resolved.record(), device, model.dataset_meta
+    )
+    return model, resolved, fingerprint
+
+
+def _loop(runner: FolderInference, todo: Sequence[int], loader: LoaderOptions, bar) -> None:
+    if loader.pipelined:
+        pin = runner.device.startswith("cuda")
+        batch, workers, writers = loader.batch_size, loader.workers, loader.writers
+        run_pipelined(runner, todo, batch, bar, workers, writers, pin)
+    else:
+        runner.run(todo, bar)
+
+
+def _output_folders(outputs: OutputOptions) -> List[str]:
+    return (
+        [LABEL_DIR]
+        + ([OVERLAY_DIR] if outputs.overlay else [])
+        + ([LOGITS_DIR] if outputs.save_logits else [])
+    )
+
+
+def _say_lock(lock: OutDirLock, info: RankInfo) -> None:
+    if lock.unsupported:
+        warn(info, f"output folder not locked ({lock.unsupported}): run one infer at a time")
+    elif lock.taken_over:
+        holder = describe_holder(lock.taken_over)
+        print(f"note: took over {lock.path} of {holder}, which had ended", file=sys.stderr)
+
+
+def _plan_work(
+    tasks: Sequence[ImageTask],
+    mine: Sequence[int],
+    journal: Journal,
+    outputs: OutputOptions,
+    fingerprint: dict,
+    info: RankInfo,
+) -> Tuple[List[int], List[str]]:
+    """``(todo, skipped names)`` of this rank's tasks ``mine``: an image is skipped when the
+    journal's model fingerprint, input and outputs all match (``_is_finished``). Outputs of
+    another model are segmented again, or refused (``outputs.on_model_change``); decided on
+    all the tasks, so every rank decides alike."""
+    out_dir = journal.out_dir
+    other = {} if outputs.force else journal.made_by_other_models([t.name for t in tasks])
+    if other:
+        changes = {", ".join(changed_parts(old, fingerprint)) for old in other.values()}
+        what = (
+            f"{len(other)} image(s) in {out_dir} were segmented by another model "
+            f"(changed: {'; '.join(sorted(changes))})"
+        )
+        if outputs.on_model_change == "refuse":
+            raise ModelChangedError(
+                f"{what}: --on-model-change redo segments them again, or choose another --out-dir"
+            )
+        if info.rank == 0:
+            print(f"note: {what}: segmenting them again", file=sys.stderr)
+    todo, skipped = [], []
+    for index in mine:
+        task = tasks[index]
+        if (
+            outputs.force
+            or task.error is not None
+            or task.name in other
+            or not _is_finished(task, out_dir, journal)
+        ):
+            todo.append(index)
+        else:
+            skipped.append(task.name)
+    return todo, skipped
+
+
+def _stopped(error: BaseException, out_dir: str, info: RankInfo) -> None:
+    """After the loop stopped on ``error``: rebuild the summary from the journals (rank 0) and
+    say what is missing; a storage error gets what to do in its message."""
+    summary = None
+    if info.rank == 0:
+        with contextlib.suppress(Exception):  # keep the original error
+            summary = rebuild_summary(out_dir, now=time.time())
+    if info.distributed and summary is not None:
+        stopped = f"stopped by {error or type(error).__name__}"
+        if isinstance(error, Terminated):
+            stopped += " (torchrun stops every rank when one fails)"
+        warn(info, incomplete_note(summary, stopped) or stopped)
+    if isinstance(error, OutputStorageError):
+        if summary is None and info.rank == 0:
+            rebuild = f"summary.json not rewritten (ann-seg infer --merge-only --out-dir {out_dir})"
+        else:
+            rebuild = "summary.json rewritten"
+        error.note = (
+            f"the journal keeps every finished image, {rebuild}; free some space and re-run the "
+            "same command to finish the others"
+        )

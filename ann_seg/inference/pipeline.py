@@ -241,7 +241,16 @@ def run_pipelined(
             while in_flight:
                 in_flight.popleft().result()
     finally:
-        del iterator  # stops the workers
+        shutdown_workers(iterator)
+
+
+def shutdown_workers(iterator: Iterator) -> None:
+    """Stop a DataLoader iterator's worker processes now. Dropping the iterator is not enough
+    after an interrupt: the traceback keeps the frames that hold it, and so the workers, alive
+    until the exception is gone; a worker whose parent died lingered holding its pipes."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)  # what its __del__ calls
+    if shutdown is not None:
+        shutdown()
 
 
 def with_no_grad_test_step(model: torch.nn.Module, data: dict):

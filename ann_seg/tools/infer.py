@@ -1,9 +1,15 @@
 """Segment an image, a folder (optionally recursive) or a list of paths with a checkpoint.
 
 Writes label maps (palette PNG, exact class ids), optional overlays and logits mirroring the input
-tree under --out-dir, and summary.json. Exit status: 0 all done, 1 some images failed (listed on
-stderr) or are still pending (a distributed run whose ranks did not all finish), 2 nothing could
-run (bad input, config or checkpoint). See docs/inference.md.
+tree under --out-dir, and summary.json. A re-run skips the images the same model (config,
+checkpoint content, --slide, speed options) segmented from the same file; another model's are
+segmented again (--on-model-change). One run per --out-dir at a time (its infer.lock).
+
+Exit status: 0 all done; 1 some images failed (listed on stderr: unreadable, non-finite logits)
+or are still pending (ranks that did not all finish), or the disk filled up (one line; the
+journal is intact: free space and re-run to finish); 2 nothing could run (bad input, config,
+checkpoint or --out-dir, the --out-dir in use by another run); 130 Ctrl-C, 143 SIGTERM
+(summary.json rebuilt from the journal; a re-run finishes). See docs/inference.md.
 
 Examples:
   ann-seg infer ann_seg::demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py \\
@@ -38,6 +44,7 @@ from ann_seg.inference.distributed import (
     merge_journals,
     rank_info,
 )
+from ann_seg.inference.folder import MODEL_CHANGE_ACTIONS
 from ann_seg.inference.threads import add_threads_argument
 from ann_seg.io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from ann_seg.mmseg.config import UserOptions, slide_options
@@ -107,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--force", action="store_true", help="segment again images whose outputs already exist"
+    )
+    parser.add_argument(
+        "--on-model-change",
+        choices=MODEL_CHANGE_ACTIONS,
+        default="redo",
+        help="outputs in --out-dir made by another model (another checkpoint, config, --slide "
+        "or speed option: the journal's fingerprint): redo (default) segments them again, "
+        "refuse exits 2 without touching them",
     )
     parser.add_argument(
         "--max-pixels",
@@ -188,6 +203,7 @@ def main(argv=None) -> int:
             opacity=args.opacity,
             save_logits=args.save_logits,
             force=args.force,
+            on_model_change=args.on_model_change,
         ),
         loader=LoaderOptions(
             batch_size=args.batch_size,
