@@ -19,7 +19,8 @@ with its extension; see ``inputs`` for the exact rule, e.g. ``a.png`` -> ``label
     journal.jsonl         one line per finished image, appended once its outputs are in place
                           (``journal``); rank k of a distributed run: journal.rank<k>.jsonl
     summary.json          rebuilt from the journal: per-image class-pixel counts, sizes,
-                          timings; failures with reasons
+                          timings; failures with reasons; the model's ``fingerprint``
+    infer.lock            while a run works here: its pid, host and start (``outdir``)
 
 Decoding is ``ann_seg.io.read_image``'s; images it refuses are reported in the summary's
 ``failures`` with the reason and the run goes on.
@@ -27,6 +28,23 @@ Decoding is ``ann_seg.io.read_image``'s; images it refuses are reported in the s
 Loops: the sequential one (one thread: read, forward, write), or the pipelined one
 (``pipeline``: reader processes and writer threads around the forward; the same labels).
 Across processes and machines: ``distributed`` (one shard per rank, merged summary).
+
+When things go wrong:
+
+* another model: a re-run skips an image only if the journal says the same model made it
+  (``fingerprint``: config, checkpoint content, test_cfg, speed); outputs of another model
+  are segmented again, or refused (``OutputOptions.on_model_change='refuse'``:
+  ``ModelChangedError``), so the summary never names a model that did not make its labels;
+* the output folder is checked and locked before the model loads (``outdir``): a file, an
+  unwritable folder, a journal or summary that is a folder raise ``OutputDirError``, a second
+  run on it ``OutDirBusyError`` (rank 0 of a distributed run holds the lock);
+* SIGTERM stops every loop as SIGINT does (``signals``): DataLoader workers and writer threads
+  end, temporary files go, summary.json is rebuilt from the journal, ``Terminated`` is raised;
+* a full disk (or quota, read-only file system) stops the run with ``OutputStorageError``
+  naming the path and the free space; the journal stays whole and nothing is recorded as
+  failed, so a re-run finishes the work;
+* an image whose logits hold NaN or infinity is failed (``non-finite logits``), no label map
+  is written from it; journal lines of the wrong types are ignored and counted like torn ones.
 """
 
 import contextlib
@@ -138,7 +156,7 @@ def _mark_output_conflicts(tasks: Sequence[ImageTask], out_dir: str) -> None:
 
 def _is_finished(task: ImageTask, out_dir: str, journal: Journal) -> bool:
     """The journal's latest entry for the task is ``done``, from an input of the same size and
-    mtime, with the outputs planned now, all of which exist."""
+    mtime, with the outputs planned now, all of which exist (the model: ``_plan_work``)."""
     entry = journal.previous_done(task.name, input_identity(task.path))
     if entry is None:
         return False
@@ -170,7 +188,9 @@ def _save(path: str, data: bytes) -> None:
 @dataclass
 class OutputOptions:
     """What is written per image, and what happens to outputs already there: ``force``
-    segments every image again; otherwise images the journal records as done are skipped."""
+    segments every image again; otherwise images the journal records as done by the same
+    model are skipped, and those another model made are segmented again
+    (``on_model_change='redo'``) or refused (``'refuse'``: ``ModelChangedError``)."""
 
     overlay: bool = False
     opacity: float = 0.5
@@ -397,9 +417,19 @@ def run_inference(
     returns it, the other ranks return it as they see it then; with ``"rank"``: this rank's
     own counts.
 
+    The output folder is checked and locked before the model loads; another model's outputs
+    are segmented again or refused (``outputs.on_model_change``); SIGTERM is handled as SIGINT
+    while it runs (the previous handler is restored after); see the module docstring.
+
     Raises:
         InferenceInputError: ``input_path`` is missing or holds no images, or bad options.
+        OutputDirError: ``out_dir`` cannot be used (``OutDirBusyError``: another run holds it).
+        ModelChangedError: ``on_model_change='refuse'`` and ``out_dir`` holds another model's
+            outputs.
         ModelLoadError: the config or checkpoint cannot be loaded.
+        OutputStorageError: no space left (or quota, read-only) while writing; a re-run
+            finishes.
+        KeyboardInterrupt: SIGINT, or SIGTERM (``signals.Terminated``); summary.json rebuilt.
     """
     outputs = outputs or OutputOptions()
     loader = loader or LoaderOptions()
@@ -576,11 +606,7 @@ def _stopped(error: BaseException, out_dir: str, info: RankInfo) -> None:
             stopped += " (torchrun stops every rank when one fails)"
         warn(info, incomplete_note(summary, stopped) or stopped)
     if isinstance(error, OutputStorageError):
-        if summary is None and info.rank == 0:
-            rebuild = f"summary.json not rewritten (ann-seg infer --merge-only --out-dir {out_dir})"
-        else:
-            rebuild = "summary.json rewritten"
-        error.note = (
-            f"the journal keeps every finished image, {rebuild}; free some space and re-run the "
-            "same command to finish the others"
-        )
+        note = "the journal keeps every finished image"
+        if info.rank == 0 and summary is None:
+            note += f", summary.json is stale (ann-seg infer --merge-only --out-dir {out_dir})"
+        error.note = f"{note}; free some space and re-run the same command to finish the others"

@@ -5,20 +5,26 @@ rebuilt from all of them.
 One JSON object per line, appended, flushed and fsynced:
 
 * ``{"type": "run", "run": N, "started": T, "load_model_s": S, "tasks": [[name, input], ...],
-  "skipped": [name, ...], "config": ..., ...}``: a run starts (its images, those it skips,
-  and the summary's run-level keys); a rank of a distributed run adds ``"shard": {"rank": k,
-  "world_size": W}``, lists all the run's images in ``tasks`` and skips only its own;
-* ``{"type": "image", "run": N, "time": T, "file": {"size": B, "mtime_ns": M}, "name": ...,
-  "input": ..., "status": "done" | "failed", ...}``: an image is finished, written after its
-  outputs are in place; the other keys are its summary record (``done``) or ``reason``
-  (``failed``). ``file`` is the input's size and modification time when it was read.
+  "skipped": [name, ...], "config": ..., "fingerprint": {...}, ...}``: a run starts (its
+  images, those it skips, and the summary's run-level keys, the model's ``fingerprint``
+  among them); a rank of a distributed run adds ``"shard": {"rank": k, "world_size": W}``,
+  lists all the run's images in ``tasks`` and skips only its own;
+* ``{"type": "image", "run": N, "time": T, "fingerprint": D, "file": {"size": B,
+  "mtime_ns": M}, "name": ..., "input": ..., "status": "done" | "failed", ...}``: an image is
+  finished, written after its outputs are in place; the other keys are its summary record
+  (``done``) or ``reason`` (``failed``). ``file`` is the input's size and modification time
+  when it was read, ``fingerprint`` the digest of the model that made it.
+
+An append is whole or undone (cut back on an error: no space left, an interrupt), so only a
+killed process leaves a torn line.
 
 Run numbers count across all the journal files of ``out_dir`` (the ranks of one launch share
 theirs), so the files read together: entries in run order, the run entries of the ranks of a
 run merged into one (``JournalState``). A re-run skips an image whose latest entry is ``done``
-for the same name, size and mtime and whose outputs exist, whichever file holds it. Lines that
-are not well-formed entries (a torn last line of a killed run, valid JSON with a wrong key or
-type: ``is_entry``) are ignored and counted (the summary's ``journal.ignored_lines``).
+by the same model for the same name, size and mtime and whose outputs exist, whichever file
+holds it. Lines that are not well-formed entries (a torn last line of a killed run, valid JSON
+with a key missing or of the wrong type: ``is_entry``) are ignored and counted (the summary's
+``journal.ignored_lines``).
 ``rebuild_summary(out_dir)`` writes ``summary.json`` for the last run of all journals; a run
 writes it at its start, periodically and at its end (in a distributed run: rank 0, merging all
 files).
