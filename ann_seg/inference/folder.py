@@ -401,13 +401,13 @@ def run_inference(
     (``DistributedOptions``): one rank of a launch. Defaults: ``OutputOptions()`` etc.
 
     Every finished image is appended to ``out_dir/journal.jsonl``; unless ``outputs.force``,
-    images the journal records as done from the same input (name, size, mtime) whose outputs
-    all exist are skipped. Images that cannot be read (``loader.max_pixels``,
-    ``loader.max_bytes``: see ``read_image``) or segmented are reported in the summary's
-    ``failures`` (name and reason) and the others are processed. Consecutive images of equal
-    size are batched (``loader.batch_size``). Returns the summary, rebuilt from the journal,
-    that is also written to ``out_dir/summary.json`` (also at the start, periodically and on
-    an interruption).
+    images the journal records as done by the same model (``fingerprint``) from the same input
+    (name, size, mtime) whose outputs all exist are skipped. Images that cannot be read
+    (``loader.max_pixels``, ``loader.max_bytes``: see ``read_image``) or segmented are
+    reported in the summary's ``failures`` (name and reason) and the others are processed.
+    Consecutive images of equal size are batched (``loader.batch_size``). Returns the summary,
+    rebuilt from the journal, that is also written to ``out_dir/summary.json`` (also at the
+    start, periodically and on an interruption).
 
     ``loader.pipelined``: the pipelined loop (``pipeline``: ``loader.workers`` DataLoader
     processes read and preprocess, ``loader.writers`` threads write; the same labels), else

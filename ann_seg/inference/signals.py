@@ -4,8 +4,8 @@ Inside ``sigterm_as_interrupt`` SIGTERM raises ``Terminated``, a ``KeyboardInter
 the main thread, so every loop (sequential, pipelined, each rank of a distributed run) stops
 as on Ctrl-C: the DataLoader workers are shut down, the writer threads finish what they hold,
 temporary files are removed, the journal is closed and ``summary.json`` is rebuilt from it.
-``ann-seg`` then exits with ``exit_status``: 143 (128 + SIGTERM), 130 for SIGINT. A second
-SIGTERM while that clean-up runs is ignored.
+``ann-seg`` then exits with ``exit_status``: 143 (128 + SIGTERM), 130 for SIGINT. As with a
+second Ctrl-C, a second SIGTERM interrupts that clean-up.
 """
 
 import contextlib
@@ -27,18 +27,14 @@ class Terminated(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def sigterm_as_interrupt(enabled: bool = True) -> Iterator[None]:
-    """SIGTERM raises ``Terminated`` inside (once; later ones are ignored until the context
-    ends); the previous handler is restored after. Only in the main thread (elsewhere a
-    no-op, as signal handlers can be set only there)."""
+    """SIGTERM raises ``Terminated`` inside; the previous handler is restored after. Only in
+    the main thread (elsewhere a no-op, as signal handlers can be set only there)."""
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield
         return
-    raised = []
 
     def interrupt(signum, frame):
-        if not raised:
-            raised.append(signum)
-            raise Terminated()
+        raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
