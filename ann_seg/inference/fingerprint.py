@@ -20,7 +20,7 @@ its ``digest``.
 import hashlib
 import json
 import os.path as osp
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from .inputs import InferenceInputError
 
@@ -88,11 +88,11 @@ def model_fingerprint(
     return {"digest": _digest(parts), "checkpoint": str(checkpoint), "parts": parts}
 
 
-def changed_parts(old: Optional[dict], new: dict) -> List[str]:
-    """The parts of ``new`` that differ from ``old`` (all of them without ``old``), the
-    checkpoint with its file names: ``["checkpoint a.pth -> b.pth", "test_cfg"]``."""
+def describe_change(old: Optional[dict], new: dict) -> str:
+    """How the model ``new`` differs from ``old``: ``changed: checkpoint a.pth -> b.pth,
+    test_cfg`` (the parts that differ), or that ``old`` is unknown."""
     if not old:
-        return ["no fingerprint recorded (an older ann_seg)"]
+        return "no fingerprint recorded: an older ann_seg"
     old_parts: Dict[str, str] = old.get("parts") or {}
     changed = []
     for part in PARTS:
@@ -100,4 +100,4 @@ def changed_parts(old: Optional[dict], new: dict) -> List[str]:
             if part == "checkpoint":
                 part += f" {old.get('checkpoint')} -> {new['checkpoint']}"
             changed.append(part)
-    return changed or ["the fingerprint"]
+    return "changed: " + (", ".join(changed) or "the fingerprint")

@@ -83,7 +83,7 @@ from .distributed import (
     shard,
     warn,
 )
-from .fingerprint import ModelChangedError, changed_parts, checkpoint_digest, model_fingerprint
+from .fingerprint import ModelChangedError, checkpoint_digest, describe_change, model_fingerprint
 from .inputs import (
     LABEL_DIR,
     LOGITS_DIR,
@@ -567,10 +567,10 @@ def _plan_work(
     out_dir = journal.out_dir
     other = {} if outputs.force else journal.made_by_other_models([t.name for t in tasks])
     if other:
-        changes = {", ".join(changed_parts(old, fingerprint)) for old in other.values()}
+        changes = sorted({describe_change(old, fingerprint) for old in other.values()})
         what = (
             f"{len(other)} image(s) in {out_dir} were segmented by another model "
-            f"(changed: {'; '.join(sorted(changes))})"
+            f"({'; '.join(changes)})"
         )
         if outputs.on_model_change == "refuse":
             raise ModelChangedError(

@@ -50,11 +50,11 @@ _RANK_JOURNAL = re.compile(r"journal\.rank(\d+)\.jsonl")
 SUMMARY_NAME = "summary.json"
 SUMMARY_EVERY_IMAGES = 100
 SUMMARY_EVERY_S = 30.0
-_ENTRY_ONLY = ("type", "run", "time", "file", "fingerprint")  # not summary keys
+_FINGERPRINT = "fingerprint"  # run entry: the model's (``fingerprint``); image entry: its digest
+_ENTRY_ONLY = ("type", "run", "time", "file", _FINGERPRINT)  # not summary keys
 _RUN_ONLY = ("type", "run", "started", "load_model_s", "tasks", "skipped")
 _SHARD = "shard"  # run key of a distributed run's rank
 _STATUSES = ("done", "failed")
-_FINGERPRINT = "fingerprint"  # run entry: the model's (``fingerprint``); image entry: its digest
 
 
 def journal_name(rank: int = 0, world_size: int = 1) -> str:
