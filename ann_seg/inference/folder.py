@@ -441,8 +441,10 @@ def run_inference(
         _plan_outputs(task, out_dir, outputs.overlay, outputs.save_logits)
     _mark_output_conflicts(tasks, out_dir)
     mine = shard(tasks, info.rank, info.world_size)
-    files = [journal_name(info.rank, info.world_size), SUMMARY_NAME, LOCK_NAME]
-    made = check_out_dir(out_dir, files, _output_folders(outputs))
+    journal_file = journal_name(info.rank, info.world_size)
+    made = check_out_dir(
+        out_dir, [SUMMARY_NAME, LOCK_NAME], _output_folders(outputs), appended=[journal_file]
+    )
     lock, group = OutDirLock(out_dir), None
     try:
         if info.rank == 0:  # the other ranks rely on their shards

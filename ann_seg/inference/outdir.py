@@ -103,10 +103,16 @@ def _kind(path: str) -> str:
     return "a folder" if osp.isdir(path) else "not a regular file"
 
 
-def check_out_dir(out_dir: str, files: Sequence[str] = (), folders: Sequence[str] = ()) -> bool:
+def check_out_dir(
+    out_dir: str,
+    files: Sequence[str] = (),
+    folders: Sequence[str] = (),
+    appended: Sequence[str] = (),
+) -> bool:
     """Make ``out_dir`` if needed and check that files can be created in it, that ``files``
-    there (names) are regular files or absent and appendable, and ``folders`` folders or absent.
-    Returns whether it was made. Raises ``OutputDirError`` with what to do."""
+    and ``appended`` there (names) are regular files or absent, ``appended`` ones appendable,
+    and ``folders`` folders or absent. Returns whether it was made. Raises
+    ``OutputDirError`` with what to do."""
     hint = "choose another --out-dir"
     if osp.lexists(out_dir) and not osp.isdir(out_dir):
         raise OutputDirError(f"--out-dir {out_dir} exists and is not a folder: {hint}")
@@ -121,11 +127,11 @@ def check_out_dir(out_dir: str, files: Sequence[str] = (), folders: Sequence[str
         raise OutputDirError(
             f"cannot {action} the output folder {out_dir}: {error.strerror or error}; {hint}"
         ) from None
-    for name in files:
+    for name in [*files, *appended]:
         path = osp.join(out_dir, name)
         if osp.lexists(path) and not osp.isfile(path):
             raise OutputDirError(f"{path} is {_kind(path)}: move it away or {hint}")
-        if osp.isfile(path):
+        if name in appended and osp.isfile(path):
             try:
                 with open(path, "ab"):
                     pass
