@@ -436,8 +436,9 @@ class Journal:
         self.state.add(json.loads(line))
 
     def _append_line(self, data: bytes) -> None:
-        """Append ``data`` whole or not at all: on any error (no space left, an interrupt) the
-        file is cut back to its previous end, so it never ends in a torn line of ours."""
+        """Append ``data`` whole or not at all: on an error (no space left, an interrupt) that
+        left part of it, the file is cut back to its previous end, so it never ends in a torn
+        line of ours; a whole line stays (an interrupt after it was written)."""
         fd = self._file.fileno()
         end = os.fstat(fd).st_size
         try:
@@ -447,7 +448,8 @@ class Journal:
             os.fsync(fd)
         except BaseException as error:
             with contextlib.suppress(OSError):
-                os.ftruncate(fd, end)
+                if os.fstat(fd).st_size != end + len(data):
+                    os.ftruncate(fd, end)
             if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
                 raise OutputStorageError(self.path, error) from error
             raise

@@ -28,6 +28,7 @@ from ann_seg import inference
 from ann_seg.inference import folder
 from ann_seg.inference.journal import (
     JOURNAL_NAME,
+    Journal,
     journal_entries,
     read_journals,
     rebuild_summary,
@@ -483,6 +484,45 @@ def test_journal_lines_of_wrong_types_are_ignored(tmp_path, models):
         summary = inference.run_inference(config, checkpoint, str(images), str(out), progress=False)
         assert summary["counts"]["skipped"] == 2
         assert summary["journal"]["ignored_lines"] == len(bad)
+
+
+def test_journal_appends_are_whole_or_undone(tmp_path, monkeypatch):
+    journal = Journal(str(tmp_path))
+    journal.start({}, [("a.png", "a.png"), ("b.png", "b.png")], [], time.time(), 0.0)
+    path, fd = tmp_path / JOURNAL_NAME, journal._file.fileno()
+    size = path.stat().st_size
+    write, fsync = os.write, os.fsync
+    identity = {"size": 1, "mtime_ns": 1}
+
+    def done(name):
+        return {"name": name, "input": name, "status": "done", "timings": {"infer_s": 0.1}}
+
+    def half_then_full(target, data):
+        if target != fd:
+            return write(target, data)
+        write(target, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(OutputStorageError, match=f"cannot write {path}: No space left"):
+        journal.add(done("a.png"), identity)
+    monkeypatch.undo()
+    assert path.stat().st_size == size  # the half line is gone
+
+    def interrupted(target):
+        if target == fd:
+            raise KeyboardInterrupt  # SIGINT or SIGTERM once the line is written
+        fsync(target)
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        journal.add(done("b.png"), identity)
+    monkeypatch.undo()
+    journal.close()
+    assert [e["name"] for e in journal_entries(str(tmp_path)) if e["type"] == "image"] == [
+        "b.png"
+    ]  # a whole line stays: its outputs are in place
+    assert read_journals(str(tmp_path)).ignored_lines == 0
 
 
 def test_storage_errors_are_told_apart():
