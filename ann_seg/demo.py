@@ -11,7 +11,7 @@ from typing import Optional
 
 from mmengine.config import Config
 
-from ann_seg.inference import run_inference
+from ann_seg.inference import LoaderOptions, OutputOptions, run_inference
 from ann_seg.io import atomic_write_json
 from ann_seg.mmseg import checkpoint_loads, load_config, packaged_config
 from ann_seg.mmseg.runner import test, train
@@ -99,9 +99,8 @@ def run_demo(
         final,
         osp.join(data_root, "leftImg8bit", "val"),
         overlay_dir,
-        overlay=True,
-        recursive=True,
-        batch_size=8,
+        outputs=OutputOptions(overlay=True),
+        loader=LoaderOptions(recursive=True, batch_size=8),
         speed=SpeedPolicy.fast("infer") if fast else None,
     )
     timings["inference_s"] = round(time.perf_counter() - start, 1)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from mmseg.registry import MODELS
 
-from ann_seg.inference import run_inference
+from ann_seg.inference import LoaderOptions, run_inference
 from ann_seg.layers import AFNB, APNB, CGNLBlock, NonLocalBlock, attend, fuse_for_inference
 from ann_seg.mmseg import build_segmentor
 from ann_seg.mmseg.speed import SpeedPolicy, apply_inference_speed
@@ -153,9 +153,7 @@ def test_folder_inference_pinned_and_one_gpu_dist_infer(tiny_data, tmp_path):
         checkpoint,
         images,
         str(tmp_path / "pinned"),
-        recursive=True,
-        workers=1,
-        batch_size=2,
+        loader=LoaderOptions(recursive=True, workers=1, batch_size=2),
         speed=SpeedPolicy.fast("infer"),
         progress=False,
     )

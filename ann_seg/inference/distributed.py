@@ -25,11 +25,9 @@ import contextlib
 import datetime
 import os
 import re
-import signal
 import sys
-import threading
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -222,31 +220,6 @@ class RankGroup:
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()
         self._owned = False
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived (``sigterm_as_interrupt``)."""
-
-    def __str__(self) -> str:
-        return "SIGTERM (torchrun stops every rank when one fails)"
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt(enabled: bool = True) -> Iterator[None]:
-    """SIGTERM raises ``KeyboardInterrupt`` inside (torchrun stops the other ranks so when
-    one fails): the run closes its journal and rank 0 merges the summary before exiting."""
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def merge_journals(out_dir: str) -> dict:

@@ -19,7 +19,8 @@ with its extension; see ``inputs`` for the exact rule, e.g. ``a.png`` -> ``label
     journal.jsonl         one line per finished image, appended once its outputs are in place
                           (``journal``); rank k of a distributed run: journal.rank<k>.jsonl
     summary.json          rebuilt from the journal: per-image class-pixel counts, sizes,
-                          timings; failures with reasons
+                          timings; failures with reasons; the model's ``fingerprint``
+    infer.lock            while a run works here: its pid, host and start (``outdir``)
 
 Decoding is ``ann_seg.io.read_image``'s; images it refuses are reported in the summary's
 ``failures`` with the reason and the run goes on.
@@ -27,9 +28,28 @@ Decoding is ``ann_seg.io.read_image``'s; images it refuses are reported in the s
 Loops: the sequential one (one thread: read, forward, write), or the pipelined one
 (``pipeline``: reader processes and writer threads around the forward; the same labels).
 Across processes and machines: ``distributed`` (one shard per rank, merged summary).
+
+When things go wrong:
+
+* another model: a re-run skips an image only if the journal says the same model made it
+  (``fingerprint``: config, checkpoint content, test_cfg, speed); outputs of another model
+  are segmented again, or refused (``OutputOptions.on_model_change='refuse'``:
+  ``ModelChangedError``), so the summary never names a model that did not make its labels;
+* the output folder is checked and locked before the model loads (``outdir``): a file, an
+  unwritable folder, a journal or summary that is a folder raise ``OutputDirError``, a second
+  run on it ``OutDirBusyError`` (rank 0 of a distributed run holds the lock);
+* SIGTERM stops every loop as SIGINT does (``ann_seg.mmseg.interrupts``): DataLoader workers
+  and writer threads end, temporary files go, summary.json is rebuilt from the journal,
+  ``Terminated`` is raised;
+* a full disk (or quota, read-only file system) stops the run with ``OutputStorageError``
+  naming the path and the free space; the journal stays whole and nothing is recorded as
+  failed, so a re-run finishes the work;
+* an image whose logits hold NaN or infinity is failed (``non-finite logits``), no label map
+  is written from it; journal lines of the wrong types are ignored and counted like torn ones.
 """
 
 import contextlib
+import os
 import os.path as osp
 import sys
 import time
@@ -37,6 +57,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 import torch.nn as nn
 from mmseg.apis import inference_model
 
@@ -51,18 +72,20 @@ from ann_seg.io import (
     render_overlay,
 )
 from ann_seg.mmseg import build_segmentor
+from ann_seg.mmseg.interrupts import Terminated, termination_as_interrupt
 from ann_seg.mmseg.speed import ResolvedSpeed, SpeedPolicy, apply_inference_speed
 
 from .distributed import (
     DEFAULT_TIMEOUT_S,
     RankGroup,
+    RankInfo,
     incomplete_note,
     rank_device,
     rank_info,
     shard,
-    sigterm_as_interrupt,
     warn,
 )
+from .fingerprint import ModelChangedError, checkpoint_digest, describe_change, model_fingerprint
 from .inputs import (
     LABEL_DIR,
     LOGITS_DIR,
@@ -71,13 +94,22 @@ from .inputs import (
     InferenceInputError,
     collect_inputs,
 )
-from .journal import (  # noqa: F401  (SUMMARY_NAME: re-exported)
+from .journal import (
     SUMMARY_NAME,
     Journal,
     input_identity,
+    journal_name,
     read_journals,
     rebuild_summary,
     summarize,
+)
+from .outdir import (
+    LOCK_NAME,
+    OutDirLock,
+    OutputStorageError,
+    check_out_dir,
+    describe_holder,
+    storage_errors,
 )
 from .pipeline import (
     DEFAULT_WRITERS,
@@ -95,6 +127,7 @@ from .pipeline import (
 
 DEFAULT_OUT_DIR = "outputs/infer"
 LOGIT_FORMATS = ("npy", "npz")
+MODEL_CHANGE_ACTIONS = ("redo", "refuse")
 
 
 def _plan_outputs(task: ImageTask, out_dir: str, overlay: bool, save_logits: Optional[str]) -> None:
@@ -124,7 +157,7 @@ def _mark_output_conflicts(tasks: Sequence[ImageTask], out_dir: str) -> None:
 
 def _is_finished(task: ImageTask, out_dir: str, journal: Journal) -> bool:
     """The journal's latest entry for the task is ``done``, from an input of the same size and
-    mtime, with the outputs planned now, all of which exist."""
+    mtime, with the outputs planned now, all of which exist (the model: ``_plan_work``)."""
     entry = journal.previous_done(task.name, input_identity(task.path))
     if entry is None:
         return False
@@ -135,13 +168,36 @@ def _is_finished(task: ImageTask, out_dir: str, journal: Journal) -> bool:
     )
 
 
+def nonfinite_logits(result) -> Optional[str]:
+    """Why ``result`` (a ``SegDataSample``) must not become a label map: its logits hold NaN or
+    infinity (an overflow, broken weights); ``None`` when they are finite or absent."""
+    logits = getattr(getattr(result, "seg_logits", None), "data", None)
+    if logits is None:
+        return None
+    finite = torch.isfinite(logits)
+    if bool(finite.all()):
+        return None
+    bad = finite.numel() - int(finite.sum())
+    return f"non-finite logits: {bad} of {finite.numel()} values are NaN or infinite"
+
+
+def _save(path: str, data: bytes) -> None:
+    with storage_errors(path):
+        atomic_write_bytes(path, data)
+
+
 @dataclass
 class OutputOptions:
-    """What is written per image."""
+    """What is written per image, and what happens to outputs already there: ``force``
+    segments every image again; otherwise images the journal records as done by the same
+    model are skipped, and those another model made are segmented again
+    (``on_model_change='redo'``) or refused (``'refuse'``: ``ModelChangedError``)."""
 
     overlay: bool = False
     opacity: float = 0.5
     save_logits: Optional[str] = None
+    force: bool = False
+    on_model_change: str = "redo"
 
     def __post_init__(self):
         if not 0.0 < self.opacity <= 1.0:
@@ -150,6 +206,51 @@ class OutputOptions:
             raise InferenceInputError(
                 f"save_logits must be one of {LOGIT_FORMATS}, got {self.save_logits!r}"
             )
+        if self.on_model_change not in MODEL_CHANGE_ACTIONS:
+            raise InferenceInputError(
+                f"on_model_change must be one of {MODEL_CHANGE_ACTIONS}, "
+                f"got {self.on_model_change!r}"
+            )
+
+
+@dataclass
+class LoaderOptions:
+    """What is read and how: ``recursive`` and ``extensions`` for folders, ``max_pixels`` and
+    ``max_bytes`` per image (``read_image``), ``batch_size`` consecutive images of equal size
+    per forward, and the loop: ``pipeline`` (default: ``workers > 0``) runs ``workers``
+    DataLoader processes and ``writers`` threads around the forward (``pipeline``), else the
+    sequential loop."""
+
+    batch_size: int = 1
+    workers: int = 0
+    writers: int = DEFAULT_WRITERS
+    pipeline: Optional[bool] = None
+    recursive: bool = False
+    extensions: Optional[Sequence[str]] = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: Optional[int] = None
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise InferenceInputError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.workers < 0 or self.writers < 1:
+            raise InferenceInputError(
+                f"need workers >= 0 and writers >= 1, got {self.workers}, {self.writers}"
+            )
+
+    @property
+    def pipelined(self) -> bool:
+        return self.workers > 0 if self.pipeline is None else self.pipeline
+
+
+@dataclass
+class DistributedOptions:
+    """``launcher`` ``pytorch`` (torchrun) or ``slurm``: this process is one rank of a
+    distributed run (``distributed``); rank 0 waits at most ``timeout`` seconds for the
+    others to join and to finish."""
+
+    launcher: str = "none"
+    timeout: float = DEFAULT_TIMEOUT_S
 
 
 class FolderInference:
@@ -169,13 +270,12 @@ class FolderInference:
         outputs: OutputOptions,
         device: str,
         speed: Optional[ResolvedSpeed] = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        max_bytes: Optional[int] = None,
+        loader: Optional[LoaderOptions] = None,
         journal: Optional[Journal] = None,
     ):
         self.model, self.tasks, self.out_dir = model, tasks, out_dir
         self.outputs, self.device, self.speed = outputs, device, speed
-        self.max_pixels, self.max_bytes, self.journal = max_pixels, max_bytes, journal
+        self.loader, self.journal = loader or LoaderOptions(), journal
         self.palette = model.dataset_meta["palette"]
         self.num_classes = len(model.dataset_meta["classes"])
         self.records: Dict[int, dict] = {}
@@ -189,7 +289,7 @@ class FolderInference:
             self.journal.add(dict(self.failures[index], status="failed"), identity)
 
     def preprocess(self, index: int) -> Optional[Decoded]:
-        item = decode_task(index, self.tasks[index], self.max_pixels, self.max_bytes)
+        item = decode_task(index, self.tasks[index], self.loader.max_pixels, self.loader.max_bytes)
         if isinstance(item, Failed):
             self.fail(index, item.reason, item.identity)
             return None
@@ -199,8 +299,9 @@ class FolderInference:
         """The pipelined loop's reading stage for the tasks ``todo`` (``pipeline``)."""
         pipeline_cfg = inference_pipeline(self.model.cfg)
         keep_image = "overlay" in (self.tasks[todo[0]].outputs if todo else {})
+        loader = self.loader
         return PreprocessDataset(
-            self.tasks, todo, pipeline_cfg, self.max_pixels, self.max_bytes, keep_image
+            self.tasks, todo, pipeline_cfg, loader.max_pixels, loader.max_bytes, keep_image
         )
 
     def _predict(self, batch: List[Decoded]) -> list:
@@ -223,11 +324,19 @@ class FolderInference:
         return [(item, result, seconds) for item, result in zip(batch, results)]
 
     def write(self, item: Decoded, result, infer_s: float) -> None:
+        """Write the outputs of ``result`` and journal the image; or fail it (non-finite logits,
+        an error of its own); a storage error (``OutputStorageError``) stops the run."""
         task = self.tasks[item.index]
         start = time.perf_counter()
+        reason = nonfinite_logits(result)
+        if reason is not None:
+            self.fail(item.index, reason, item.identity)
+            return
         try:
             label = self._write_outputs(task, item.image, result)
-        except Exception as error:  # noqa: BLE001 - a full disk, a permission: report it
+        except OutputStorageError:
+            raise  # no space left etc.: every image would fail alike
+        except Exception as error:  # noqa: BLE001 - a permission, a name too long: report it
             reason = f"cannot write outputs: {type(error).__name__}: {error}"
             self.fail(item.index, reason, item.identity)
             return
@@ -254,19 +363,17 @@ class FolderInference:
         label = result.pred_sem_seg.data[0].cpu().numpy()
         if self.outputs.save_logits:
             logits = result.seg_logits.data.float().cpu().numpy()
-            atomic_write_bytes(
-                task.outputs["logits"], encode_logits(logits, self.outputs.save_logits)
-            )
+            _save(task.outputs["logits"], encode_logits(logits, self.outputs.save_logits))
         if "overlay" in task.outputs:
             overlay_bgr = render_overlay(image, label, self.palette, self.outputs.opacity)
-            atomic_write_bytes(task.outputs["overlay"], encode_jpeg(overlay_bgr))
-        atomic_write_bytes(task.outputs["label"], encode_label_png(label, self.palette))
+            _save(task.outputs["overlay"], encode_jpeg(overlay_bgr))
+        _save(task.outputs["label"], encode_label_png(label, self.palette))
         return label
 
-    def run(self, todo: Sequence[int], batch_size: int, progress: Progress) -> None:
+    def run(self, todo: Sequence[int], progress: Progress) -> None:
         """Segment the tasks ``todo``; consecutive images of equal size share a batch."""
         items = (self.preprocess(index) for index in todo)
-        for batch in equal_shape_batches(items, batch_size, progress.update):
+        for batch in equal_shape_batches(items, self.loader.batch_size, progress.update):
             for item, result, seconds in self.forward(batch):
                 self.write(item, result, seconds)
             progress.update(len(batch))
@@ -278,85 +385,83 @@ def run_inference(
     input_path: str,
     out_dir: str = DEFAULT_OUT_DIR,
     *,
-    overlay: bool = False,
-    opacity: float = 0.5,
-    batch_size: int = 1,
+    outputs: Optional[OutputOptions] = None,
+    loader: Optional[LoaderOptions] = None,
+    speed: Optional[SpeedPolicy] = None,
+    distributed: Optional[DistributedOptions] = None,
     device: Optional[str] = None,
-    recursive: bool = False,
-    extensions: Optional[Sequence[str]] = None,
-    save_logits: Optional[str] = None,
-    force: bool = False,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
     cfg_options: Optional[dict] = None,
     progress: bool = True,
-    speed: Optional[SpeedPolicy] = None,
-    max_bytes: Optional[int] = None,
-    workers: int = 0,
-    pipeline: Optional[bool] = None,
-    writers: int = DEFAULT_WRITERS,
-    launcher: str = "none",
-    dist_timeout: float = DEFAULT_TIMEOUT_S,
 ) -> dict:
     """Segment every image of ``input_path`` (image, folder or list file) into ``out_dir``.
 
-    ``speed`` (``ann_seg.mmseg.speed``; default float32 as the config builds it) is applied
-    to the model (``apply_inference_speed``); the summary records what ran.
+    ``outputs`` (``OutputOptions``): what is written per image, ``force``; ``loader``
+    (``LoaderOptions``): which files, size limits, batching and the loop; ``speed``
+    (``ann_seg.mmseg.speed``; default float32 as the config builds it) is applied to the model
+    (``apply_inference_speed``), the summary records what ran; ``distributed``
+    (``DistributedOptions``): one rank of a launch. Defaults: ``OutputOptions()`` etc.
 
-    Every finished image is appended to ``out_dir/journal.jsonl``; unless ``force``, images the
-    journal records as done from the same input (name, size, mtime) whose outputs all exist
-    are skipped. Images that cannot be read (``max_pixels``, ``max_bytes``: see
-    ``read_image``) or segmented are reported in the summary's ``failures`` (name and reason)
-    and the others are processed. Consecutive images of equal size are batched
-    (``batch_size``). Returns the summary, rebuilt from the journal, that is also written to
-    ``out_dir/summary.json`` (also at the start, periodically and on an interruption).
+    Every finished image is appended to ``out_dir/journal.jsonl``; unless ``outputs.force``,
+    images the journal records as done by the same model (``fingerprint``) from the same input
+    (name, size, mtime) whose outputs all exist are skipped. Images that cannot be read
+    (``loader.max_pixels``, ``loader.max_bytes``: see ``read_image``) or segmented are
+    reported in the summary's ``failures`` (name and reason) and the others are processed.
+    Consecutive images of equal size are batched (``loader.batch_size``). Returns the summary,
+    rebuilt from the journal, that is also written to ``out_dir/summary.json`` (also at the
+    start, periodically and on an interruption).
 
-    ``pipeline`` (default: ``workers > 0``): the pipelined loop (``pipeline``: ``workers``
-    DataLoader processes read and preprocess, ``writers`` threads write; the same labels),
-    else the sequential one. ``launcher`` ``pytorch`` (torchrun) or ``slurm``: this process is
-    one rank and segments its shard (``distributed``); rank 0 writes the merged summary when
-    all ranks are done (waiting at most ``dist_timeout`` seconds) and returns it, the other
-    ranks return it as they see it then; with ``"rank"``: this rank's own counts.
+    ``loader.pipelined``: the pipelined loop (``pipeline``: ``loader.workers`` DataLoader
+    processes read and preprocess, ``loader.writers`` threads write; the same labels), else
+    the sequential one. ``distributed.launcher`` ``pytorch`` (torchrun) or ``slurm``: this
+    process is one rank and segments its shard (``distributed``); rank 0 writes the merged
+    summary when all ranks are done (waiting at most ``distributed.timeout`` seconds) and
+    returns it, the other ranks return it as they see it then; with ``"rank"``: this rank's
+    own counts.
+
+    The output folder is checked and locked before the model loads; another model's outputs
+    are segmented again or refused (``outputs.on_model_change``); SIGTERM is handled as SIGINT
+    while it runs (the previous handler is restored after); see the module docstring.
 
     Raises:
         InferenceInputError: ``input_path`` is missing or holds no images, or bad options.
+        OutputDirError: ``out_dir`` cannot be used (``OutDirBusyError``: another run holds it).
+        ModelChangedError: ``on_model_change='refuse'`` and ``out_dir`` holds another model's
+            outputs.
         ModelLoadError: the config or checkpoint cannot be loaded.
+        OutputStorageError: no space left (or quota, read-only) while writing; a re-run
+            finishes.
+        KeyboardInterrupt: SIGINT, or SIGTERM (``interrupts.Terminated``); summary.json rebuilt.
     """
-    outputs = OutputOptions(overlay, opacity, save_logits)
-    if batch_size < 1:
-        raise InferenceInputError(f"batch size must be >= 1, got {batch_size}")
-    if workers < 0 or writers < 1:
-        raise InferenceInputError(f"need workers >= 0 and writers >= 1, got {workers}, {writers}")
-    info = rank_info(launcher)
+    outputs = outputs or OutputOptions()
+    loader = loader or LoaderOptions()
+    distributed = distributed or DistributedOptions()
+    info = rank_info(distributed.launcher)
     start, started = time.perf_counter(), time.time()
-    tasks = collect_inputs(input_path, recursive, extensions, out_dir=out_dir)
+    tasks = collect_inputs(input_path, loader.recursive, loader.extensions, out_dir=out_dir)
     for task in tasks:
-        _plan_outputs(task, out_dir, overlay, save_logits)
+        _plan_outputs(task, out_dir, outputs.overlay, outputs.save_logits)
     _mark_output_conflicts(tasks, out_dir)
     mine = shard(tasks, info.rank, info.world_size)
-    group = RankGroup(info, dist_timeout)
+    journal_file = journal_name(info.rank, info.world_size)
+    made = check_out_dir(
+        out_dir, [SUMMARY_NAME, LOCK_NAME], _output_folders(outputs), appended=[journal_file]
+    )
+    lock, group = OutDirLock(out_dir), None
     try:
-        with sigterm_as_interrupt(info.launcher != "none"):
+        if info.rank == 0:  # the other ranks rely on their shards
+            _say_lock(lock.acquire(), info)
+        group = RankGroup(info, distributed.timeout)
+        with termination_as_interrupt():
             device = rank_device(info, device)
-            resolved = (speed or SpeedPolicy()).resolve(device)
-            if resolved.note and info.rank == 0:
-                print(f"speed: {resolved.name} ({resolved.note})", file=sys.stderr)
-            model = build_segmentor(
-                config, device=device, cfg_options=cfg_options, checkpoint=checkpoint
+            model, resolved, fingerprint = _load_model(
+                config, checkpoint, device, speed, cfg_options, info
             )
-            apply_inference_speed(model, resolved)
             load_s = time.perf_counter() - start
-            journal = Journal(out_dir, info.rank, info.world_size)
+            journal = Journal(out_dir, info.rank, info.world_size, fingerprint["digest"])
             runner = FolderInference(
-                model, tasks, out_dir, outputs, device, resolved, max_pixels, max_bytes, journal
+                model, tasks, out_dir, outputs, device, resolved, loader, journal
             )
-            todo, skipped = [], []
-            for index in mine:
-                task = tasks[index]
-                if not force and task.error is None and _is_finished(task, out_dir, journal):
-                    skipped.append(task.name)
-                else:
-                    todo.append(index)
-            meta = model.dataset_meta
+            todo, skipped = _plan_work(tasks, mine, journal, outputs, fingerprint, info)
             fields = {
                 "config": config if isinstance(config, str) else getattr(config, "filename", None),
                 "checkpoint": str(checkpoint),
@@ -365,34 +470,30 @@ def run_inference(
                 "device": device,
                 "speed": resolved.record(),
                 "test_cfg": dict(model.test_cfg) if model.test_cfg else {"mode": "whole"},
-                "classes": meta["classes"],
+                "classes": model.dataset_meta["classes"],
                 "palette": runner.palette,
-                "palette_source": meta["source"],
+                "palette_source": model.dataset_meta["source"],
+                "fingerprint": fingerprint,
             }
             run = group.agree(journal.next_run)
             journal.start(fields, [(t.name, t.path) for t in tasks], skipped, started, load_s, run)
-            use_pipeline = workers > 0 if pipeline is None else pipeline
             try:
                 with Progress(len(mine), enabled=progress and info.rank == 0) as bar:
                     bar.update(len(skipped))
-                    if use_pipeline:
-                        pin = device.startswith("cuda")
-                        run_pipelined(runner, todo, batch_size, bar, workers, writers, pin)
-                    else:
-                        runner.run(todo, batch_size, bar)
+                    _loop(runner, todo, loader, bar)
             except BaseException as error:
                 journal.close()
-                if info.rank == 0:
-                    with contextlib.suppress(Exception):  # keep the original error
-                        summary = rebuild_summary(out_dir, now=time.time())
-                        if info.distributed:
-                            stopped = f"stopped by {error or type(error).__name__}"
-                            warn(info, incomplete_note(summary, stopped) or stopped)
+                _stopped(error, out_dir, info)
                 raise
             journal.close()
             problem = group.barrier()
     finally:
-        group.close()
+        if group is not None:
+            group.close()
+        lock.release()
+        if made and not info.distributed:
+            with contextlib.suppress(OSError):
+                os.rmdir(out_dir)  # only when empty: nothing was written (the model failed)
     if info.rank == 0:
         summary = rebuild_summary(out_dir, now=time.time())
         note = incomplete_note(summary, problem) if info.distributed else None
@@ -410,3 +511,105 @@ def run_inference(
             "failed": len(runner.failures),
         }
     return summary
+
+
+def _load_model(
+    config, checkpoint: str, device: str, speed: Optional[SpeedPolicy], cfg_options, info
+) -> Tuple[nn.Module, ResolvedSpeed, dict]:
+    """The model with ``speed`` applied, the resolved speed and the model's fingerprint (the
+    checkpoint file hashed first, once)."""
+    resolved = (speed or SpeedPolicy()).resolve(device)
+    if resolved.note and info.rank == 0:
+        print(f"speed: {resolved.name} ({resolved.note})", file=sys.stderr)
+    checkpoint_hash = checkpoint_digest(str(checkpoint))
+    model = build_segmentor(config, device=device, cfg_options=cfg_options, checkpoint=checkpoint)
+    apply_inference_speed(model, resolved)
+    fingerprint = model_fingerprint(
+        model.cfg, str(checkpoint), checkpoint_hash, resolved.record(), device, model.dataset_meta
+    )
+    return model, resolved, fingerprint
+
+
+def _loop(runner: FolderInference, todo: Sequence[int], loader: LoaderOptions, bar) -> None:
+    if loader.pipelined:
+        pin = runner.device.startswith("cuda")
+        batch, workers, writers = loader.batch_size, loader.workers, loader.writers
+        run_pipelined(runner, todo, batch, bar, workers, writers, pin)
+    else:
+        runner.run(todo, bar)
+
+
+def _output_folders(outputs: OutputOptions) -> List[str]:
+    return (
+        [LABEL_DIR]
+        + ([OVERLAY_DIR] if outputs.overlay else [])
+        + ([LOGITS_DIR] if outputs.save_logits else [])
+    )
+
+
+def _say_lock(lock: OutDirLock, info: RankInfo) -> None:
+    if lock.unsupported:
+        warn(info, f"output folder not locked ({lock.unsupported}): run one infer at a time")
+    elif lock.taken_over:
+        holder = describe_holder(lock.taken_over)
+        print(f"note: took over {lock.path} of {holder}, which had ended", file=sys.stderr)
+
+
+def _plan_work(
+    tasks: Sequence[ImageTask],
+    mine: Sequence[int],
+    journal: Journal,
+    outputs: OutputOptions,
+    fingerprint: dict,
+    info: RankInfo,
+) -> Tuple[List[int], List[str]]:
+    """``(todo, skipped names)`` of this rank's tasks ``mine``: an image is skipped when the
+    journal's model fingerprint, input and outputs all match (``_is_finished``). Outputs of
+    another model are segmented again, or refused (``outputs.on_model_change``); decided on
+    all the tasks, so every rank decides alike."""
+    out_dir = journal.out_dir
+    other = {} if outputs.force else journal.made_by_other_models([t.name for t in tasks])
+    if other:
+        changes = sorted({describe_change(old, fingerprint) for old in other.values()})
+        what = (
+            f"{len(other)} image(s) in {out_dir} were segmented by another model "
+            f"({'; '.join(changes)})"
+        )
+        if outputs.on_model_change == "refuse":
+            raise ModelChangedError(
+                f"{what}: --on-model-change redo segments them again, or choose another --out-dir"
+            )
+        if info.rank == 0:
+            print(f"note: {what}: segmenting them again", file=sys.stderr)
+    todo, skipped = [], []
+    for index in mine:
+        task = tasks[index]
+        if (
+            outputs.force
+            or task.error is not None
+            or task.name in other
+            or not _is_finished(task, out_dir, journal)
+        ):
+            todo.append(index)
+        else:
+            skipped.append(task.name)
+    return todo, skipped
+
+
+def _stopped(error: BaseException, out_dir: str, info: RankInfo) -> None:
+    """After the loop stopped on ``error``: rebuild the summary from the journals (rank 0) and
+    say what is missing; a storage error gets what to do in its message."""
+    summary = None
+    if info.rank == 0:
+        with contextlib.suppress(Exception):  # keep the original error
+            summary = rebuild_summary(out_dir, now=time.time())
+    if info.distributed and summary is not None:
+        stopped = f"stopped by {error or type(error).__name__}"
+        if isinstance(error, Terminated):
+            stopped += " (torchrun stops every rank when one fails)"
+        warn(info, incomplete_note(summary, stopped) or stopped)
+    if isinstance(error, OutputStorageError):
+        note = "the journal keeps every finished image"
+        if info.rank == 0 and summary is None:
+            note += f", summary.json is stale (ann-seg infer --merge-only --out-dir {out_dir})"
+        error.note = f"{note}; free some space and re-run the same command to finish the others"

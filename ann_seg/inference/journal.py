@@ -5,24 +5,32 @@ rebuilt from all of them.
 One JSON object per line, appended, flushed and fsynced:
 
 * ``{"type": "run", "run": N, "started": T, "load_model_s": S, "tasks": [[name, input], ...],
-  "skipped": [name, ...], "config": ..., ...}``: a run starts (its images, those it skips,
-  and the summary's run-level keys); a rank of a distributed run adds ``"shard": {"rank": k,
-  "world_size": W}``, lists all the run's images in ``tasks`` and skips only its own;
-* ``{"type": "image", "run": N, "time": T, "file": {"size": B, "mtime_ns": M}, "name": ...,
-  "input": ..., "status": "done" | "failed", ...}``: an image is finished, written after its
-  outputs are in place; the other keys are its summary record (``done``) or ``reason``
-  (``failed``). ``file`` is the input's size and modification time when it was read.
+  "skipped": [name, ...], "config": ..., "fingerprint": {...}, ...}``: a run starts (its
+  images, those it skips, and the summary's run-level keys, the model's ``fingerprint``
+  among them); a rank of a distributed run adds ``"shard": {"rank": k, "world_size": W}``,
+  lists all the run's images in ``tasks`` and skips only its own;
+* ``{"type": "image", "run": N, "time": T, "fingerprint": D, "file": {"size": B,
+  "mtime_ns": M}, "name": ..., "input": ..., "status": "done" | "failed", ...}``: an image is
+  finished, written after its outputs are in place; the other keys are its summary record
+  (``done``) or ``reason`` (``failed``). ``file`` is the input's size and modification time
+  when it was read, ``fingerprint`` the digest of the model that made it.
+
+An append is whole or undone (cut back on an error: no space left, an interrupt), so only a
+killed process leaves a torn line.
 
 Run numbers count across all the journal files of ``out_dir`` (the ranks of one launch share
 theirs), so the files read together: entries in run order, the run entries of the ranks of a
 run merged into one (``JournalState``). A re-run skips an image whose latest entry is ``done``
-for the same name, size and mtime and whose outputs exist, whichever file holds it. Lines that
-are not JSON objects (a torn last line of a killed run) are ignored and counted.
+by the same model for the same name, size and mtime and whose outputs exist, whichever file
+holds it. Lines that are not well-formed entries (a torn last line of a killed run, valid JSON
+with a key missing or of the wrong type: ``is_entry``) are ignored and counted (the summary's
+``journal.ignored_lines``).
 ``rebuild_summary(out_dir)`` writes ``summary.json`` for the last run of all journals; a run
 writes it at its start, periodically and at its end (in a distributed run: rank 0, merging all
 files).
 """
 
+import contextlib
 import json
 import os
 import os.path as osp
@@ -34,13 +42,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ann_seg.io import atomic_write_json
 
+from .outdir import STORAGE_ERRNOS, OutputStorageError, storage_errors
+
 JOURNAL_NAME = "journal.jsonl"
 RANK_JOURNALS = "journal.rank*.jsonl"
 _RANK_JOURNAL = re.compile(r"journal\.rank(\d+)\.jsonl")
 SUMMARY_NAME = "summary.json"
 SUMMARY_EVERY_IMAGES = 100
 SUMMARY_EVERY_S = 30.0
-_ENTRY_ONLY = ("type", "run", "time", "file")  # journal keys that are not summary keys
+_FINGERPRINT = "fingerprint"  # run entry: the model's (``fingerprint``); image entry: its digest
+_ENTRY_ONLY = ("type", "run", "time", "file", _FINGERPRINT)  # not summary keys
 _RUN_ONLY = ("type", "run", "started", "load_model_s", "tasks", "skipped")
 _SHARD = "shard"  # run key of a distributed run's rank
 _STATUSES = ("done", "failed")
@@ -76,13 +87,65 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _is_identity(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        value.get(k) is None or _is_int(value.get(k)) for k in ("size", "mtime_ns")
+    )
+
+
+def _is_str_dict(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+
+
+def _is_image(entry: dict) -> bool:
+    """Keys read: ``name``, ``status``, ``time``, and ``reason`` (failed) or ``timings``'s
+    ``infer_s`` (done); ``input``, ``file``, ``outputs``, ``fingerprint``, when present."""
+    status, timings = entry.get("status"), entry.get("timings")
+    optional = {"input": str, "file": dict, "outputs": dict, _FINGERPRINT: str}
+    if not (
+        isinstance(entry.get("name"), str)
+        and status in _STATUSES
+        and _is_number(entry.get("time"))
+        and all(isinstance(entry.get(k, kind()), kind) for k, kind in optional.items())
+        and _is_identity(entry.get("file", {}))
+        and _is_str_dict(entry.get("outputs", {}))
+    ):
+        return False
+    if status == "failed":
+        return isinstance(entry.get("reason"), str)
+    return isinstance(timings, dict) and _is_number(timings.get("infer_s"))
+
+
+def _is_run(entry: dict) -> bool:
+    tasks, shard = entry.get("tasks"), entry.get(_SHARD, {})
+    return (
+        _is_number(entry.get("started"))
+        and _is_number(entry.get("load_model_s"))
+        and isinstance(tasks, list)
+        and all(_is_str_list(t) and len(t) == 2 for t in tasks)
+        and _is_str_list(entry.get("skipped"))
+        and isinstance(shard, dict)
+        and all(_is_int(shard.get(k, 0)) for k in ("rank", "world_size"))
+        and isinstance(entry.get(_FINGERPRINT, {}), dict)
+    )
+
+
 def is_entry(entry: Any) -> bool:
-    """A well-formed journal entry (a run's or an image's)."""
+    """A well-formed journal entry (a run's or an image's): the keys the journal reads, of the
+    types it writes. Anything else (a torn line, a hand edit) is ignored and counted."""
     if not isinstance(entry, dict) or not _is_int(entry.get("run")):
         return False
     if entry.get("type") == "image":
-        return isinstance(entry.get("name"), str) and entry.get("status") in _STATUSES
-    return entry.get("type") == "run" and all(k in entry for k in _RUN_ONLY)
+        return _is_image(entry)
+    return entry.get("type") == "run" and _is_run(entry)
 
 
 @dataclass
@@ -90,7 +153,8 @@ class JournalState:
     """What the journals say: the last run (``run``: the run entries of its ranks merged, by
     rank in ``ranks``), the latest image entry per name of that run (``current``) and of the
     runs before (``previous``), the highest run number, the ignored lines. Entries go in in
-    run order (``read_journals``)."""
+    run order (``read_journals``). ``fingerprints``: the model fingerprint of every run that
+    recorded one, by digest."""
 
     run: Optional[dict] = None
     previous: Dict[str, dict] = field(default_factory=dict)
@@ -98,6 +162,7 @@ class JournalState:
     runs: int = 0
     ignored_lines: int = 0
     ranks: Dict[int, dict] = field(default_factory=dict)
+    fingerprints: Dict[str, dict] = field(default_factory=dict)
 
     def add(self, entry: Any) -> bool:
         """Take in one journal entry; ``False`` for anything that is not one."""
@@ -113,6 +178,9 @@ class JournalState:
                 self.run = dict(entry, skipped=list(entry["skipped"]))
             self.ranks[rank] = entry
             self.runs = max(self.runs, entry["run"])
+            fingerprint = entry.get(_FINGERPRINT) or {}
+            if isinstance(fingerprint.get("digest"), str):
+                self.fingerprints[fingerprint["digest"]] = fingerprint
         elif self.run is not None and entry["run"] == self.run["run"]:
             self.current[entry["name"]] = entry
         else:
@@ -244,7 +312,9 @@ def rebuild_summary(out_dir: str, now: Optional[float] = None) -> dict:
     (``total_s`` then ends at the last entry, else at ``now``). Raises ``ValueError`` without
     a recorded run."""
     summary = summarize(read_journals(out_dir), out_dir, now)
-    atomic_write_json(osp.join(out_dir, SUMMARY_NAME), summary)
+    path = osp.join(out_dir, SUMMARY_NAME)
+    with storage_errors(path):
+        atomic_write_json(path, summary)
     return summary
 
 
@@ -256,8 +326,11 @@ class Journal:
     taking more than a tenth of the time) and by ``close``; in a distributed run by rank 0
     only, from all the ranks' journals."""
 
-    def __init__(self, out_dir: str, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, out_dir: str, rank: int = 0, world_size: int = 1, fingerprint: Optional[str] = None
+    ):
         self.out_dir, self.rank, self.world_size = out_dir, rank, world_size
+        self.fingerprint = fingerprint
         self.path = osp.join(out_dir, journal_name(rank, world_size))
         self.state = read_journals(out_dir)
         self._file = None
@@ -276,6 +349,19 @@ class Journal:
             return None
         return entry if entry.get("file") == identity else None
 
+    def made_by_other_models(self, names: Sequence[str]) -> Dict[str, Optional[dict]]:
+        """Of ``names``, those whose latest entry is ``done`` by a model other than this
+        journal's ``fingerprint`` (digest): name -> that model's fingerprint (``None`` when its
+        run recorded none)."""
+        other = {}
+        for name in names:
+            entry = self.state.latest(name)
+            if entry is not None and entry["status"] == "done":
+                digest = entry.get(_FINGERPRINT)
+                if digest != self.fingerprint:
+                    other[name] = self.state.fingerprints.get(digest)
+        return other
+
     def start(
         self,
         fields: dict,
@@ -286,8 +372,9 @@ class Journal:
         run: Optional[int] = None,
     ) -> None:
         """Append the run entry: run number ``run`` (the ranks' agreed one) or ``next_run``."""
-        os.makedirs(self.out_dir, exist_ok=True)
-        self._file = open(self.path, "ab")
+        with storage_errors(self.path):
+            os.makedirs(self.out_dir, exist_ok=True)
+            self._file = open(self.path, "ab", buffering=0)
         if self._file.tell() > 0:  # terminate a torn last line, so it stays one ignored line
             with open(self.path, "rb") as f:
                 f.seek(-1, os.SEEK_END)
@@ -310,10 +397,10 @@ class Journal:
     def add(self, entry: dict, identity: dict) -> None:
         """Append the record of a finished image (its outputs are in place)."""
         with self._lock:
-            run = self.state.run["run"]
-            self._append(
-                {"type": "image", "run": run, "time": time.time(), "file": identity, **entry}
-            )
+            head = {"type": "image", "run": self.state.run["run"], "time": time.time()}
+            if self.fingerprint is not None:
+                head[_FINGERPRINT] = self.fingerprint
+            self._append({**head, "file": identity, **entry})
             self._since += 1
             elapsed = time.monotonic() - self._last
             due = self._since >= SUMMARY_EVERY_IMAGES or elapsed >= SUMMARY_EVERY_S
@@ -331,7 +418,9 @@ class Journal:
             return None
         start = time.monotonic()
         summary = self.summary()
-        atomic_write_json(osp.join(self.out_dir, SUMMARY_NAME), summary)
+        path = osp.join(self.out_dir, SUMMARY_NAME)
+        with storage_errors(path):
+            atomic_write_json(path, summary)
         self._since, self._last = 0, time.monotonic()
         self._cost = self._last - start
         return summary
@@ -347,9 +436,23 @@ class Journal:
         self.state.add(json.loads(line))
 
     def _append_line(self, data: bytes) -> None:
-        self._file.write(data)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        """Append ``data`` whole or not at all: on an error (no space left, an interrupt) that
+        left part of it, the file is cut back to its previous end, so it never ends in a torn
+        line of ours; a whole line stays (an interrupt after it was written)."""
+        fd = self._file.fileno()
+        end = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException as error:
+            with contextlib.suppress(OSError):
+                if os.fstat(fd).st_size != end + len(data):
+                    os.ftruncate(fd, end)
+            if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
+                raise OutputStorageError(self.path, error) from error
+            raise
 
 
 def journal_entries(out_dir: str) -> List[dict]:

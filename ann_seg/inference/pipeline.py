@@ -15,7 +15,7 @@ reason as in the sequential loop. On CUDA the loader pins its tensors and the co
 device are ``non_blocking``.
 
 ``workers=0`` runs the same stages with the reading in the main thread (the DataLoader's
-in-process mode). Which loop ``run_inference`` uses: ``folder.run_inference``'s ``pipeline``.
+in-process mode). Which loop ``run_inference`` uses: ``folder.LoaderOptions.pipelined``.
 """
 
 import copy
@@ -241,7 +241,16 @@ def run_pipelined(
             while in_flight:
                 in_flight.popleft().result()
     finally:
-        del iterator  # stops the workers
+        shutdown_workers(iterator)
+
+
+def shutdown_workers(iterator: Iterator) -> None:
+    """Stop a DataLoader iterator's worker processes now. Dropping the iterator is not enough
+    after an interrupt: the traceback keeps the frames that hold it, and so the workers, alive
+    until the exception is gone; a worker whose parent died lingered holding its pipes."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)  # what its __del__ calls
+    if shutdown is not None:
+        shutdown()
 
 
 def with_no_grad_test_step(model: torch.nn.Module, data: dict):

@@ -1,6 +1,7 @@
 """What every tool (``ann-seg <command>``, ``tools/*.py``) shares: known errors as one line on
-stderr with exit status 2, tracebacks only for unexpected errors or with ``--debug``, and quiet
-defaults.
+stderr with exit status 2 (or the error's own ``exit_status``), tracebacks only for unexpected
+errors or with ``--debug``, 130 on Ctrl-C (SIGINT) and 143 on SIGTERM where the tool handles it
+(``ann_seg.mmseg.interrupts``), and quiet defaults.
 
 A tool's script is::
 
@@ -22,7 +23,7 @@ from typing import Callable, Optional, Sequence
 from mmengine.config import DictAction
 from mmengine.config.utils import ConfigParsingError
 
-from ann_seg.inference import InferenceInputError
+from ann_seg.inference import InferenceInputError, OutputStorageError
 from ann_seg.io import ImageError
 from ann_seg.mmseg import CorruptCheckpointError, ModelLoadError, UnsafeCheckpointError
 from ann_seg.mmseg.config import ConfigError, UserOptions
@@ -36,6 +37,7 @@ KNOWN_ERRORS = (
     ImageError,
     InferenceInputError,
     ModelLoadError,
+    OutputStorageError,
     UnsafeCheckpointError,
 )
 USAGE_ERROR = 2
@@ -100,7 +102,8 @@ def _wants_debug(argv: Optional[Sequence[str]]) -> bool:
 
 def run(main: Callable[..., Optional[int]], argv: Optional[Sequence[str]] = None) -> int:
     """Call ``main(argv)`` with the known-harmless warnings filtered; a known error becomes
-    ``error: <message>`` on stderr and exit status 2 (the traceback too with ``--debug``);
+    ``error: <message>`` on stderr and exit status 2 or its ``exit_status`` (the traceback
+    too with ``--debug``); an interrupt exits 130, or its ``exit_status`` (SIGTERM: 143);
     anything else keeps its traceback."""
     quiet_warnings()
     debug = _wants_debug(argv)
@@ -114,7 +117,7 @@ def run(main: Callable[..., Optional[int]], argv: Optional[Sequence[str]] = None
         print(f"error: {first}", file=sys.stderr)
         for line in rest[:20]:
             print(f"  {line}", file=sys.stderr)
-        return USAGE_ERROR
+        return getattr(error, "exit_status", USAGE_ERROR)
     except KeyboardInterrupt as error:
         return _interrupted(error)
     except SyntaxError as error:

@@ -1,9 +1,15 @@
 """Segment an image, a folder (optionally recursive) or a list of paths with a checkpoint.
 
 Writes label maps (palette PNG, exact class ids), optional overlays and logits mirroring the input
-tree under --out-dir, and summary.json. Exit status: 0 all done, 1 some images failed (listed on
-stderr) or are still pending (a distributed run whose ranks did not all finish), 2 nothing could
-run (bad input, config or checkpoint). See docs/inference.md.
+tree under --out-dir, and summary.json. A re-run skips the images the same model (config,
+checkpoint content, --slide, speed options) segmented from the same file; another model's are
+segmented again (--on-model-change). One run per --out-dir at a time (its infer.lock).
+
+Exit status: 0 all done; 1 some images failed (listed on stderr: unreadable, non-finite logits)
+or are still pending (ranks that did not all finish), or the disk filled up (one line; the
+journal is intact: free space and re-run to finish); 2 nothing could run (bad input, config,
+checkpoint or --out-dir, the --out-dir in use by another run); 130 Ctrl-C, 143 SIGTERM
+(summary.json rebuilt from the journal; a re-run finishes). See docs/inference.md.
 
 Examples:
   ann-seg infer ann_seg::demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py \\
@@ -23,7 +29,13 @@ a re-run with any number of ranks skips what is done):
 import argparse
 import sys
 
-from ann_seg.inference import DEFAULT_OUT_DIR, run_inference
+from ann_seg.inference import (
+    DEFAULT_OUT_DIR,
+    DistributedOptions,
+    LoaderOptions,
+    OutputOptions,
+    run_inference,
+)
 from ann_seg.inference.distributed import (
     DEFAULT_TIMEOUT_S,
     LAUNCHERS,
@@ -32,6 +44,7 @@ from ann_seg.inference.distributed import (
     merge_journals,
     rank_info,
 )
+from ann_seg.inference.folder import MODEL_CHANGE_ACTIONS
 from ann_seg.inference.threads import add_threads_argument
 from ann_seg.io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from ann_seg.mmseg.config import UserOptions, slide_options
@@ -101,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--force", action="store_true", help="segment again images whose outputs already exist"
+    )
+    parser.add_argument(
+        "--on-model-change",
+        choices=MODEL_CHANGE_ACTIONS,
+        default="redo",
+        help="outputs in --out-dir made by another model (another checkpoint, config, --slide "
+        "or speed option: the journal's fingerprint): redo (default) segments them again, "
+        "refuse exits 2 without touching them",
     )
     parser.add_argument(
         "--max-pixels",
@@ -177,21 +198,25 @@ def main(argv=None) -> int:
         args.checkpoint,
         args.input,
         args.out_dir,
-        overlay=args.overlay,
-        opacity=args.opacity,
-        batch_size=args.batch_size,
+        outputs=OutputOptions(
+            overlay=args.overlay,
+            opacity=args.opacity,
+            save_logits=args.save_logits,
+            force=args.force,
+            on_model_change=args.on_model_change,
+        ),
+        loader=LoaderOptions(
+            batch_size=args.batch_size,
+            workers=args.workers,
+            recursive=args.recursive,
+            extensions=args.ext,
+            max_pixels=int(args.max_pixels),
+        ),
+        speed=speed_policy(args, "infer", args.device or default_device()),
+        distributed=DistributedOptions(launcher=args.launcher, timeout=args.dist_timeout),
         device=args.device,
-        recursive=args.recursive,
-        extensions=args.ext,
-        save_logits=args.save_logits,
-        force=args.force,
-        max_pixels=int(args.max_pixels),
         cfg_options=cfg_options,
         progress=not args.no_progress,
-        speed=speed_policy(args, "infer", args.device or default_device()),
-        workers=args.workers,
-        launcher=args.launcher,
-        dist_timeout=args.dist_timeout,
     )
     if info.rank != 0:  # rank 0 reports the merged run; exiting 0 keeps torchrun waiting
         own = summary["rank"]

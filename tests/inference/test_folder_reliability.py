@@ -312,7 +312,8 @@ def test_huge_non_image_is_refused_without_reading_it(tmp_path, tiny, monkeypatc
     image, _ = ann_io.read_image(str(tmp_path / "in" / "good.png"))  # a real one is read whole
     assert image.shape == (64, 128, 3) and sum(reads) == os.path.getsize(big.parent / "good.png")
     monkeypatch.undo()
-    summary = run(tiny, big.parent, tmp_path / "out", max_pixels=10_000_000)
+    loader = inference.LoaderOptions(max_pixels=10_000_000)
+    summary = run(tiny, big.parent, tmp_path / "out", loader=loader)
     assert counts(summary)["processed"] == 1
     assert summary["failures"][0]["name"] == "big.png"
     assert summary["failures"][0]["reason"].startswith("too large: 209715200 bytes")

@@ -290,9 +290,8 @@ def test_list_file_batches_npz_and_max_pixels(tmp_path, tiny):
         checkpoint,
         str(listing),
         str(out),
-        batch_size=2,
-        save_logits="npz",
-        max_pixels=60_000,
+        outputs=inference.OutputOptions(save_logits="npz"),
+        loader=inference.LoaderOptions(batch_size=2, max_pixels=60_000),
         progress=False,
     )
     assert summary["counts"] == {

@@ -92,7 +92,13 @@ def test_infer_fuse_and_low_precision_keep_the_predictions(demo, tmp_path):
     }.items():
         out = str(tmp_path / name)
         summary = inference.run_inference(
-            DEMO_CONFIG, checkpoint, images, out, progress=False, save_logits="npy", **options
+            DEMO_CONFIG,
+            checkpoint,
+            images,
+            out,
+            progress=False,
+            outputs=inference.OutputOptions(save_logits="npy"),
+            **options,
         )
         assert summary["counts"] == {
             "images": 4,

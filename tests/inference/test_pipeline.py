@@ -46,9 +46,14 @@ def folder(tmp_path_factory):
     return root
 
 
-def run(tiny, folder, out, **options):
+def run(tiny, folder, out, **loader):
     return inference.run_inference(
-        *tiny, str(folder), str(out), progress=False, save_logits="npy", **options
+        *tiny,
+        str(folder),
+        str(out),
+        progress=False,
+        outputs=inference.OutputOptions(save_logits="npy"),
+        loader=inference.LoaderOptions(**loader),
     )
 
 
@@ -97,15 +102,26 @@ def test_pipelined_equals_sequential(tiny, folder, sequential, tmp_path, workers
 
 
 def test_pipelined_overlays_and_rerun_skip(tiny, folder, tmp_path):
+    with_overlays = inference.OutputOptions(overlay=True)
     first = inference.run_inference(
-        *tiny, str(folder), str(tmp_path), progress=False, overlay=True, workers=2, batch_size=4
+        *tiny,
+        str(folder),
+        str(tmp_path),
+        progress=False,
+        outputs=with_overlays,
+        loader=inference.LoaderOptions(workers=2, batch_size=4),
     )
     assert first["counts"]["processed"] == len(SIZES)
     for record in first["images"]:
         overlay = cv2.imread(osp.join(str(tmp_path), record["outputs"]["overlay"]))
         assert overlay.shape[:2] == (record["height"], record["width"]), record["name"]
     again = inference.run_inference(
-        *tiny, str(folder), str(tmp_path), progress=False, overlay=True, workers=2
+        *tiny,
+        str(folder),
+        str(tmp_path),
+        progress=False,
+        outputs=with_overlays,
+        loader=inference.LoaderOptions(workers=2),
     )
     assert again["counts"]["skipped"] == len(SIZES) and again["counts"]["processed"] == 0
     assert again["counts"]["failed"] == len(BAD)
@@ -186,5 +202,7 @@ def test_inference_pipeline_matches_inference_model_steps():
 
 def test_bad_worker_count_is_refused(tiny, folder, tmp_path):
     with pytest.raises(inference.InferenceInputError, match="got -1"):
-        inference.run_inference(*tiny, str(folder), str(tmp_path), workers=-1, progress=False)
+        inference.run_inference(
+            *tiny, str(folder), str(tmp_path), loader=inference.LoaderOptions(workers=-1)
+        )
     assert not os.path.exists(tmp_path / "journal.jsonl")
