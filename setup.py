@@ -16,6 +16,7 @@ setup(
     package_data={
         "ann_seg": [
             ".mim/model-index.yml",
+            "mmseg/model_zoo.json",  # mmseg's published ANN/NonLocal models (ann-seg models)
             ".mim/configs/*.py",
             ".mim/configs/*/*.py",
             ".mim/configs/*/*/*.py",

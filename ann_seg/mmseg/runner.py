@@ -24,6 +24,7 @@ from mmseg.registry import RUNNERS
 from .builder import load_weights
 from .config import ConfigError, ConfigLike, load_config, replace_sync_bn
 from .data_check import DataCheckError, check_dataset, format_report
+from .model_zoo import ModelZooError, resolve_source
 from .speed import (
     SpeedPolicy,
     announce,
@@ -168,14 +169,20 @@ def test(
 ) -> dict:
     """Evaluate ``checkpoint`` as ``mmseg``'s ``tools/test.py``; returns the metrics dict.
 
+    ``checkpoint``: a file, an mmseg model-zoo URL or a published model's name (``model_zoo``).
     ``strict`` (default): the checkpoint must hold every weight of the config's model and
     nothing else (``ModelLoadError`` names the missing and unexpected keys); mmseg's own
     test.py loads non-strictly and scores a wrong checkpoint. ``show_dir``: painted
     predictions of every ``show_interval``-th image, under the work dir when relative.
     ``speed``: the inference speed policy, applied to the loaded model
     (``apply_inference_speed``)."""
-    if not osp.isfile(checkpoint):
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    if not osp.isfile(checkpoint):  # a published model's name or a URL (model_zoo)
+        if not strict:
+            raise ConfigError("--non-strict takes a checkpoint file; names and URLs load strictly")
+        try:
+            resolve_source(checkpoint)
+        except ModelZooError as error:
+            raise FileNotFoundError(str(error)) from None
     cfg = load_config(config, cfg_options, work_dir)
     setup_launcher(cfg, launcher)
     if show_dir:

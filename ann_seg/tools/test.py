@@ -23,7 +23,10 @@ def parse_args(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("config", help="config file, ann_seg::<dir>/<file>.py or mmseg::...")
-    parser.add_argument("checkpoint", help="checkpoint file")
+    parser.add_argument(
+        "checkpoint",
+        help="checkpoint file, mmseg model-zoo URL or published model name (ann-seg models)",
+    )
     parser.add_argument("--work-dir", help="metrics and logs (default: work_dirs/<config name>)")
     parser.add_argument("--out", help="folder for the predicted label maps")
     parser.add_argument(
