@@ -37,6 +37,8 @@ setup(
         "rich",
     ],
     extras_require={
+        # ann-seg prepare-data cityscapes (polygons -> train ids), test --metric cityscapes
+        "cityscapes": ["cityscapesscripts"],
         "dev": [
             "pytest>=7",
             "pytest-xdist",

@@ -21,6 +21,7 @@ COMMANDS = {
     "benchmark-blocks": ("benchmark_blocks", "APNB vs the non-local family, block level"),
     "benchmark-inference": ("benchmark_inference", "inference modes: speed and pixel agreement"),
     "check-dataset": ("check_dataset", "scan a config's data sets for unusable files"),
+    "prepare-data": ("prepare_data", "Cityscapes polygons to train ids, then check the layout"),
     "models": ("models", "mmseg's published ANN/NonLocal models, by name, with their figures"),
     "convert": ("convert_mmseg_ann", "convert an mmseg ANN/NonLocal checkpoint to ann_seg's"),
     "export-onnx": ("export_onnx", "export to ONNX, verified with onnxruntime"),

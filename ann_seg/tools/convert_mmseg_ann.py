@@ -6,7 +6,8 @@ duplicate of the shared APNB query/key projection; with --config, checks that ev
 that config's model is present with the right shape. The output is written atomically; a
 checkpoint that is not an mmseg ANN/NonLocal model, truncated, unsafe or of the wrong shapes is
 refused (exit status 2) and nothing is written. Not needed to run mmseg's published models:
-ann-seg infer/test take their names or URLs and convert in memory (ann-seg models). See README, "Using mmseg's published ANN checkpoints".
+ann-seg infer/test take their names or URLs and convert in memory (ann-seg models). See
+README, "Using mmseg's published ANN checkpoints".
 
 Examples:
   ann-seg convert ann_r101-d8_769x769_40k_cityscapes_20200530_025720-059bff28.pth \\
