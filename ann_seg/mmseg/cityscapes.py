@@ -47,6 +47,7 @@ NUM_TRAIN_IDS = 19
 TRAIN_ID_NAMES = tuple(name for _, name, t in sorted(LABELS, key=lambda r: r[2]) if t != IGNORE)
 TRAIN_ID_TO_ID = tuple(i for i, _, t in sorted(LABELS, key=lambda r: r[2]) if t != IGNORE)
 LABEL_IDS = frozenset(i for i, _, _ in LABELS)
+INSTANCE_IDS = frozenset(range(24, 34))  # person ... bicycle: hasInstances in labels.py
 
 
 def id_to_train_id_lut() -> np.ndarray:

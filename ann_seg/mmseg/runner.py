@@ -24,6 +24,7 @@ from mmseg.registry import RUNNERS
 from .builder import load_weights
 from .config import ConfigError, ConfigLike, load_config, replace_sync_bn
 from .data_check import DataCheckError, check_dataset, format_report
+from .evaluation import configure_test_evaluator
 from .model_zoo import ModelZooError, resolve_source
 from .speed import (
     SpeedPolicy,
@@ -166,8 +167,13 @@ def test(
     show_interval: int = 1,
     verbose: bool = True,
     speed: Optional[SpeedPolicy] = None,
+    metric: str = "iou",
+    tables: bool = True,
 ) -> dict:
     """Evaluate ``checkpoint`` as ``mmseg``'s ``tools/test.py``; returns the metrics dict.
+    ``tables``: also the per-class IoU/accuracy table and the confusion matrix, beside the
+    metrics in the run's log folder; ``metric='cityscapes'``: also cityscapesScripts' official
+    evaluation of the same predictions (``evaluation``).
 
     ``checkpoint``: a file, an mmseg model-zoo URL or a published model's name (``model_zoo``).
     ``strict`` (default): the checkpoint must hold every weight of the config's model and
@@ -192,6 +198,7 @@ def test(
     if out is not None:
         cfg.test_evaluator["output_dir"] = out
         cfg.test_evaluator["keep_results"] = True
+    configure_test_evaluator(cfg, metric, tables)
     if not strict:
         cfg.load_from = checkpoint
     runner = build_runner(cfg, verbose)

@@ -40,7 +40,8 @@ On-disk layouts (those read by mmseg's ``CityscapesDataset`` and ``ADE20KDataset
   Cityscapes ships: ``<stem>_gtFine_polygons.json`` (one polygon per connected region, largest
   first, plus one-pixel polygons where a region's outline alone would miss pixels, so that
   cityscapesScripts' ``json2labelImg`` draws exactly the label map) and
-  ``<stem>_gtFine_labelIds.png`` (label ids: 7 road, 8 sidewalk, ...).
+  ``<stem>_gtFine_labelIds.png`` (label ids: 7 road, 8 sidewalk, ...) and
+  ``<stem>_gtFine_instanceIds.png`` (what the official evaluation reads).
 * ``ade20k``: ``images/{training,validation}/ADE_{train,val}_<i + 1:08d>.jpg`` and
   ``annotations/{training,validation}/<same stem>.png`` holding ``class id + 1`` (value 0, "other",
   is never written), to be read with ``reduce_zero_label=True``.
@@ -64,7 +65,7 @@ from PIL import Image, ImageDraw
 
 from ann_seg.io import Progress, atomic_write_bytes
 
-from .cityscapes import LABELS, NUM_TRAIN_IDS, train_id_to_id_lut
+from .cityscapes import INSTANCE_IDS, LABELS, NUM_TRAIN_IDS, train_id_to_id_lut
 
 __all__ = [
     "CUE_BAND_FRACTION",
@@ -284,7 +285,8 @@ def _cityscapes_extras(params: dict[str, Any], split: str, index: int) -> tuple[
         return ()
     label = _sample_paths("cityscapes", split, index)[1]
     stem = label[: -len("_gtFine_labelTrainIds.png")]
-    return f"{stem}_gtFine_polygons.json", f"{stem}_gtFine_labelIds.png"
+    suffixes = ("polygons.json", "labelIds.png", "instanceIds.png")
+    return tuple(f"{stem}_gtFine_{suffix}" for suffix in suffixes)
 
 
 def _draw_polygons(objects: list, shape: tuple[int, int]) -> np.ndarray:
@@ -323,18 +325,33 @@ def label_polygons(label: np.ndarray) -> list:
     raise RuntimeError("label_polygons: the polygons do not reproduce the label map")
 
 
-def _encode_cityscapes_extras(label: np.ndarray) -> tuple[bytes, bytes]:
-    """``*_gtFine_polygons.json`` (Cityscapes' format) and ``*_gtFine_labelIds.png``."""
+def instance_ids(label_ids: np.ndarray) -> np.ndarray:
+    """Cityscapes' ``*_gtFine_instanceIds.png`` (uint16): ``id * 1000 + n`` for the n-th
+    connected region of a class with instances (ids 24..33, person to bicycle), else ``id``."""
+    instances = label_ids.astype(np.uint16)
+    for label_id in np.unique(label_ids):
+        if label_id in INSTANCE_IDS:
+            count, regions = cv2.connectedComponents((label_ids == label_id).astype(np.uint8))
+            mask = regions > 0
+            instances[mask] = int(label_id) * 1000 + regions[mask] - 1
+    return instances
+
+
+def _encode_cityscapes_extras(label: np.ndarray) -> tuple[bytes, bytes, bytes]:
+    """``*_gtFine_polygons.json`` (Cityscapes' format), ``*_gtFine_labelIds.png`` and
+    ``*_gtFine_instanceIds.png``."""
     names = {train_id: name for _, name, train_id in LABELS}
     objects = [
         {"label": names[value], "polygon": points} for value, points in label_polygons(label)
     ]
     document = {"imgHeight": int(label.shape[0]), "imgWidth": int(label.shape[1])}
     document["objects"] = objects
-    ok, ids = cv2.imencode(".png", train_id_to_id_lut()[label])
-    if not ok:
+    label_ids = train_id_to_id_lut()[label]
+    ok_ids, ids = cv2.imencode(".png", label_ids)
+    ok_instances, instances = cv2.imencode(".png", instance_ids(label_ids))
+    if not (ok_ids and ok_instances):
         raise RuntimeError("cv2 failed to encode a label-id map")
-    return json.dumps(document).encode("utf-8"), ids.tobytes()
+    return json.dumps(document).encode("utf-8"), ids.tobytes(), instances.tobytes()
 
 
 def _split_dirs(layout: str, split: str) -> tuple[str, str]:

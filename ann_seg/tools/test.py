@@ -7,12 +7,15 @@ Examples:
   ann-seg test CONFIG CHECKPOINT --show-dir vis       # painted predictions in <work dir>/vis
   ann-seg test ann_seg::ann/ann_r50-d8_4xb2-40k_cityscapes-512x1024.py CHECKPOINT --tta
   ann-seg test CONFIG CHECKPOINT --fast                # native low precision, folded
+  ann-seg test ann_seg::ann/ann_r101-d8_4xb2-40k_cityscapes-769x769.py \
+      ann_r101-d8_769x769_40k_cityscapes --metric cityscapes   # a published model by name
 """
 
 import argparse
 import os
 import sys
 
+from ann_seg.mmseg.evaluation import METRICS_CHOICES
 from ann_seg.mmseg.runner import test
 from ann_seg.mmseg.speed import add_speed_arguments, default_device, speed_policy
 from ann_seg.tools import cli
@@ -29,6 +32,15 @@ def parse_args(argv=None):
     )
     parser.add_argument("--work-dir", help="metrics and logs (default: work_dirs/<config name>)")
     parser.add_argument("--out", help="folder for the predicted label maps")
+    parser.add_argument(
+        "--metric",
+        choices=METRICS_CHOICES,
+        default="iou",
+        help="iou (default): mmseg's aAcc/mIoU/mAcc; cityscapes: also the official Cityscapes "
+        "evaluation (cityscapesScripts, on label-id files in a temporary folder) of the same "
+        "predictions. Either way the per-class IoU/accuracy table (per_class.md/.csv) and the "
+        "confusion matrix (confusion_matrix.csv/.png) go beside the metrics in the run's folder",
+    )
     parser.add_argument(
         "--show-dir",
         help="folder for painted predictions (relative: under the work dir); every image, or "
@@ -80,6 +92,7 @@ def main(argv=None):
         show_interval=args.show_interval,
         verbose=args.verbose,
         speed=speed_policy(args, "test", default_device()),
+        metric=args.metric,
     )
     return 0
 

@@ -61,7 +61,7 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path, layout):
     generate_long_range_dataset(tmp_path / "b", layout=layout, seed=3, **SMALL)
     generate_long_range_dataset(tmp_path / "c", layout=layout, seed=4, **SMALL)
     files_a, files_b, files_c = (_files(tmp_path / name) for name in "abc")
-    per_sample = 4 if layout == "cityscapes" else 2  # + polygons and label ids
+    per_sample = 5 if layout == "cityscapes" else 2  # + polygons, label and instance ids
     assert first["generated"] and len(files_a) == per_sample * (3 + 2) + 1
     assert files_a == files_b
     assert files_a.keys() == files_c.keys()
@@ -74,7 +74,7 @@ def test_a_split_does_not_depend_on_the_other_split_size(tmp_path):
     generate_long_range_dataset(tmp_path / "b", **{**SMALL, "num_train": 1, "num_val": 2})
     files_a, files_b = _files(tmp_path / "a"), _files(tmp_path / "b")
     shared = (files_a.keys() & files_b.keys()) - {MANIFEST_NAME}
-    assert len(shared) == 4 * (1 + 1)
+    assert len(shared) == 5 * (1 + 1)
     assert all(files_a[path] == files_b[path] for path in shared)
 
 
@@ -92,7 +92,7 @@ def test_cityscapes_layout_file_names(tmp_path):
     for split, split_stems in stems.items():
         for stem in split_stems:
             expected.add(f"leftImg8bit/{split}/{stem}_leftImg8bit.png")
-            for suffix in ("labelTrainIds.png", "polygons.json", "labelIds.png"):
+            for suffix in ("labelTrainIds.png", "polygons.json", "labelIds.png", "instanceIds.png"):
                 expected.add(f"gtFine/{split}/{stem}_gtFine_{suffix}")
     assert set(_files(tmp_path)) == expected
     assert summary["splits"]["train"] == {
@@ -194,7 +194,7 @@ def test_second_call_skips_and_overwrite_regenerates(tmp_path):
 def test_other_parameters_replace_the_previous_generation(tmp_path):
     generate_long_range_dataset(tmp_path, layout="cityscapes", **SMALL)
     generate_long_range_dataset(tmp_path, layout="cityscapes", **{**SMALL, "num_train": 1})
-    assert len(_files(tmp_path)) == 4 * (1 + 2) + 1
+    assert len(_files(tmp_path)) == 5 * (1 + 2) + 1
     generate_long_range_dataset(tmp_path, layout="ade20k", **SMALL)
     assert not (tmp_path / "leftImg8bit").exists() and not (tmp_path / "gtFine").exists()
     assert len(_files(tmp_path)) == 2 * (3 + 2) + 1
@@ -372,6 +372,11 @@ def test_cityscapes_polygons_and_label_ids_draw_the_train_ids(tmp_path):
         label_ids = _read_unchanged(f"{stem}_gtFine_labelIds.png")
         lut = {train_id: label_id for label_id, train_id in name_to_ids.values()}
         np.testing.assert_array_equal(label_ids, np.vectorize(lut.get)(train_ids))
+        instances = _read_unchanged(f"{stem}_gtFine_instanceIds.png")
+        assert instances.dtype == np.uint16
+        things = label_ids >= 24  # person ... bicycle: id * 1000 + instance
+        np.testing.assert_array_equal(instances[~things], label_ids[~things])
+        np.testing.assert_array_equal(instances[things] // 1000, label_ids[things])
     # more classes than Cityscapes has: no polygons
     generate_long_range_dataset(tmp_path / "wide", layout="cityscapes", num_classes=19, **SMALL)
     assert not list((tmp_path / "wide").rglob("*_polygons.json"))
