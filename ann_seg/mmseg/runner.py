@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 from mmengine.config import Config
+from mmengine.dist import is_main_process
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
@@ -33,6 +34,7 @@ from .speed import (
     apply_training_speed,
     default_device,
 )
+from .submission import plan_submission, zip_submission
 
 
 def end_process_group() -> None:
@@ -169,11 +171,14 @@ def test(
     speed: Optional[SpeedPolicy] = None,
     metric: str = "iou",
     tables: bool = True,
+    format_only: Optional[str] = None,
 ) -> dict:
     """Evaluate ``checkpoint`` as ``mmseg``'s ``tools/test.py``; returns the metrics dict.
     ``tables``: also the per-class IoU/accuracy table and the confusion matrix, beside the
     metrics in the run's log folder; ``metric='cityscapes'``: also cityscapesScripts' official
-    evaluation of the same predictions (``evaluation``).
+    evaluation of the same predictions (``evaluation``). ``format_only``: no evaluation, the
+    test-server PNGs into that folder and its zip (``submission``; resumes: images whose PNG
+    exists are skipped); returns ``{"format_only", "zip", "written", "kept"}``.
 
     ``checkpoint``: a file, an mmseg model-zoo URL or a published model's name (``model_zoo``).
     ``strict`` (default): the checkpoint must hold every weight of the config's model and
@@ -198,7 +203,11 @@ def test(
     if out is not None:
         cfg.test_evaluator["output_dir"] = out
         cfg.test_evaluator["keep_results"] = True
-    configure_test_evaluator(cfg, metric, tables)
+    plan = plan_submission(cfg, format_only) if format_only else None
+    if plan is None:
+        configure_test_evaluator(cfg, metric, tables)
+    elif not plan["todo"]:  # a finished submission: only the zip again
+        return _finish_submission(format_only, plan)
     if not strict:
         cfg.load_from = checkpoint
     runner = build_runner(cfg, verbose)
@@ -216,4 +225,16 @@ def test(
     end_process_group()
     if show_dir:
         print_log(f"painted predictions: {show_dir}", logger="current")
+    if plan is not None and is_main_process():
+        return _finish_submission(format_only, plan)
     return metrics
+
+
+def _finish_submission(out_dir: str, plan: dict) -> dict:
+    zip_path = zip_submission(out_dir, plan["names"])
+    print_log(
+        f"submission ({plan['layout']}): {plan['todo']} PNGs written, {plan['done']} already "
+        f"there, {plan['total']} in {out_dir}; upload {zip_path}",
+        logger="current",
+    )
+    return {"format_only": out_dir, "zip": zip_path, "written": plan["todo"], "kept": plan["done"]}

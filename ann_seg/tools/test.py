@@ -9,6 +9,9 @@ Examples:
   ann-seg test CONFIG CHECKPOINT --fast                # native low precision, folded
   ann-seg test ann_seg::ann/ann_r101-d8_4xb2-40k_cityscapes-769x769.py \
       ann_r101-d8_769x769_40k_cityscapes --metric cityscapes   # a published model by name
+  ann-seg test CONFIG CHECKPOINT --format-only submission \
+      --cfg-options test_dataloader.dataset.data_prefix.img_path=leftImg8bit/test \
+      test_dataloader.dataset.data_prefix.seg_map_path=gtFine/test   # submission.zip
 """
 
 import argparse
@@ -32,6 +35,13 @@ def parse_args(argv=None):
     )
     parser.add_argument("--work-dir", help="metrics and logs (default: work_dirs/<config name>)")
     parser.add_argument("--out", help="folder for the predicted label maps")
+    parser.add_argument(
+        "--format-only",
+        metavar="OUT",
+        help="no evaluation: write the test set's predictions as the benchmark server wants "
+        "them into OUT (Cityscapes: <city>_<seq>_<frame>_leftImg8bit.png with label ids; "
+        "ADE20K: 1-based PNGs) and OUT.zip to upload; a re-run skips images already written",
+    )
     parser.add_argument(
         "--metric",
         choices=METRICS_CHOICES,
@@ -93,6 +103,7 @@ def main(argv=None):
         verbose=args.verbose,
         speed=speed_policy(args, "test", default_device()),
         metric=args.metric,
+        format_only=args.format_only,
     )
     return 0
 
