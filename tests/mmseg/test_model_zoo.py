@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import as_cli, randomize_
+from conftest import as_cli, randomize_, small_run_options
 from mmengine.runner.checkpoint import get_state_dict, save_checkpoint, weights_to_cpu
 
 from ann_seg.mmseg import ModelLoadError, build_segmentor, load_config
@@ -304,3 +304,28 @@ def test_infer_by_name_is_the_whole_job(served, tmp_path):
     models = run_cli(["models"], env, tmp_path)
     assert models.returncode == 0 and "| ade_tiny |" in models.stdout
     assert "| yes |" in models.stdout  # the cached one
+
+
+def test_test_and_benchmark_inference_take_a_url(served, cityscapes_root, tmp_path):
+    """``ann-seg test`` and ``ann-seg benchmark-inference`` with the served mmseg checkpoint's
+    URL: downloaded once (the second tool hits the cache), converted, evaluated."""
+    server, files, _, _ = served
+    url = server.url(files["ann"])
+    env = {"TORCH_HOME": str(tmp_path / "th")}
+    options = as_cli(small_run_options(cityscapes_root))
+    before = len(server.requests)
+    proc = run_cli(
+        ["test", f"ann_seg::{ANN}", url, "--work-dir", "w", "--cfg-options", *options],
+        env,
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mIoU" in proc.stdout + proc.stderr
+    images = osp.join(cityscapes_root, "leftImg8bit", "val")
+    bench = ["benchmark-inference", f"ann_seg::{ANN}", url, images, "--recursive"]
+    bench += ["--modes", "fp32", "--max-images", "1", "--no-progress"]
+    proc = run_cli([*bench, "--cfg-options", *as_cli(ANN_OURS)], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(server.requests) == before + 1  # one download for both tools
+    proc = run_cli(["test", f"ann_seg::{ANN}", "ann_r50-d8_512x1024_40k_cityscape"], env, tmp_path)
+    assert proc.returncode == 2 and "did you mean" in proc.stderr and "Traceback" not in proc.stderr
