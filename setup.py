@@ -16,6 +16,7 @@ setup(
     package_data={
         "ann_seg": [
             ".mim/model-index.yml",
+            "mmseg/model_zoo.json",  # mmseg's published ANN/NonLocal models (ann-seg models)
             ".mim/configs/*.py",
             ".mim/configs/*/*.py",
             ".mim/configs/*/*/*.py",
@@ -36,6 +37,8 @@ setup(
         "rich",
     ],
     extras_require={
+        # ann-seg prepare-data cityscapes (polygons -> train ids), test --metric cityscapes
+        "cityscapes": ["cityscapesscripts"],
         "dev": [
             "pytest>=7",
             "pytest-xdist",

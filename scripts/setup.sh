@@ -35,8 +35,8 @@ if ! have "$VENV" mmsegmentation==1.2.2; then
   step "installing mmsegmentation 1.2.2 and its undeclared dependencies" \
     "${PIP[@]}" -q "mmsegmentation==1.2.2" ftfy regex
 fi
-step "installing ann_seg (editable) with the dev tools" \
-  "${PIP[@]}" -q --no-build-isolation -e ".[dev]"
+step "installing ann_seg (editable) with the dev tools and the cityscapes extra" \
+  "${PIP[@]}" -q --no-build-isolation -e ".[dev,cityscapes]"
 echo "[setup] installed: $("$VENV/bin/python" -c 'import torch, mmcv, mmengine, mmseg; print("torch", torch.__version__, "mmcv", mmcv.__version__, "mmengine", mmengine.__version__, "mmseg", mmseg.__version__)') in $((SECONDS - TOTAL_START)) s"
 if [ "$RUN_DEMO" = 1 ]; then
   step "running the main job: tools/demo.py" "$VENV/bin/python" tools/demo.py

@@ -1,26 +1,9 @@
-"""Convert mmseg's ANN checkpoints (``ANNHead``) to ann_seg's ``ANNSegHead`` layout.
-
-The backbone and the auxiliary head are shared with mmseg and kept as they are. In the decode
-head, mmseg's ``SelfAttentionBlock`` (``stages.0.{key,query,value,out}_project``) becomes
-``attention.{key,query,value,out}_proj``, the blocks' ``bottleneck`` ConvModules become ``fuse``
-(``conv``/``bn`` -> ``conv``/``norm``). mmseg's APNB shares one projection for query and key
-(its state dict holds it twice); ann_seg's ``share='query_key'`` holds it once.
-
-What differs between the two heads, and why converted weights still give mmseg's predictions:
-- dropout: mmseg applies ``Dropout2d(0.1)`` after AFNB and again before the classifier; ann_seg
-  (as the authors' release) drops out after each block's fusion. Dropout is the identity in eval.
-- projection sharing: both share query/key in APNB and nothing in AFNB by default.
-- ``align_corners`` and ``test_cfg`` are config values: use the ann_seg config matching the mmseg
-  one (same names); 769x769 Cityscapes configs set ``align_corners=True`` in both.
-- pyramid pooling: ann_seg pools by a matmul with the adaptive-pooling matrix, which equals
-  ``nn.AdaptiveAvgPool2d`` up to float rounding; values are projected after pooling (an exact
-  reordering of an affine map and an average).
-- ``query_scales`` other than ``(1,)`` (a max-pooled query pyramid) have no ann_seg counterpart
-  and are refused.
+"""Convert mmseg's ANN (``ANNHead``) and NonLocal (``NLHead``) checkpoints to ann_seg's heads
+(``ANNSegHead``, ``NLSegHead``) as files; the key mapping and why converted weights give
+mmseg's predictions: ``ann_seg.mmseg.keymap``.
 """
 
 import os.path as osp
-import re
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -28,22 +11,16 @@ import torch
 from ann_seg.io import atomic_write_with
 from ann_seg.mmseg import build_segmentor, safe_load_checkpoint
 from ann_seg.mmseg.builder import strip_module_prefix
+from ann_seg.mmseg.keymap import ANN_MARKER, ConversionError, convert_state_dict
 
-ANN_MARKER = "decode_head.fusion.stages.0.key_project.conv.weight"
-
-_BLOCK = r"^decode_head\.(fusion|context)\."
-_RULES = [
-    (_BLOCK + r"stages\.0\.(key|query)_project\.conv\.", r"decode_head.\1.attention.\2_proj.conv."),
-    (_BLOCK + r"stages\.0\.(key|query)_project\.bn\.", r"decode_head.\1.attention.\2_proj.norm."),
-    (_BLOCK + r"stages\.0\.value_project\.", r"decode_head.\1.attention.value_proj."),
-    (_BLOCK + r"stages\.0\.out_project\.", r"decode_head.\1.attention.out_proj."),
-    (_BLOCK + r"bottleneck\.conv\.", r"decode_head.\1.fuse.conv."),
-    (_BLOCK + r"bottleneck\.bn\.", r"decode_head.\1.fuse.norm."),
+__all__ = [
+    "ANN_MARKER",
+    "ConversionError",
+    "atomic_save",
+    "check_against_model",
+    "convert_checkpoint",
+    "convert_state_dict",
 ]
-
-
-class ConversionError(ValueError):
-    """The source is not a convertible mmseg ANN checkpoint, or does not fit the target."""
 
 
 def _state_dict_of(checkpoint, source: str) -> Dict[str, torch.Tensor]:
@@ -53,50 +30,6 @@ def _state_dict_of(checkpoint, source: str) -> Dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConversionError(f"{source}: no state_dict of tensors found")
     return strip_module_prefix(state)
-
-
-def convert_state_dict(
-    state: Dict[str, torch.Tensor], source: str = "checkpoint"
-) -> Dict[str, torch.Tensor]:
-    """Map an mmseg ``EncoderDecoder`` + ``ANNHead`` state dict to ann_seg's keys."""
-    if ANN_MARKER not in state:
-        heads = sorted({k.split(".")[1] for k in state if k.startswith("decode_head.")})
-        raise ConversionError(
-            f"{source} is not an mmseg ANN model: {ANN_MARKER!r} is missing (decode_head "
-            f"modules found: {heads or 'none'}). Only checkpoints of mmseg's configs/ann "
-            "models (ANNHead) convert."
-        )
-    extra_scales = sorted(
-        {m.group(0) for k in state for m in [re.search(r"stages\.[1-9]\d*", k)] if m}
-    )
-    if extra_scales:
-        raise ConversionError(
-            f"{source}: ANNHead with several query_scales ({extra_scales}) has "
-            "no ann_seg counterpart; only query_scales=(1,) converts"
-        )
-    converted = {}
-    for key, value in state.items():
-        new_key = key
-        for pattern, replacement in _RULES:
-            new_key, hits = re.subn(pattern, replacement, new_key)
-            if hits:
-                break
-        if new_key.startswith("decode_head.context.attention.query_proj."):
-            twin = key.replace("query_project", "key_project")
-            if twin not in state or not torch.equal(state[twin], value):
-                raise ConversionError(
-                    f"{source}: APNB query and key projections differ "
-                    f"({key}); mmseg shares them, so this is not an ANNHead"
-                )
-            continue
-        if (
-            new_key.startswith("decode_head.")
-            and new_key == key
-            and not key.startswith(("decode_head.bottleneck.", "decode_head.conv_seg."))
-        ):
-            raise ConversionError(f"{source}: unexpected decode_head key {key!r}")
-        converted[new_key] = value
-    return converted
 
 
 def check_against_model(
@@ -128,8 +61,9 @@ def atomic_save(obj, dst: str) -> None:
 
 
 def convert_checkpoint(src: str, dst: str, config: Optional[str] = None) -> Tuple[int, int]:
-    """Convert ``src`` (an mmseg ANN checkpoint) into ``dst``; with ``config``, check that the
-    result loads strictly into that ann_seg config's model. Returns (tensors in, tensors out)."""
+    """Convert ``src`` (an mmseg ANN or NonLocal checkpoint) into ``dst``; with ``config``,
+    check that the result loads strictly into that ann_seg config's model. Returns (tensors
+    in, tensors out)."""
     checkpoint = safe_load_checkpoint(src, map_location="cpu")
     state = _state_dict_of(checkpoint, src)
     converted = convert_state_dict(state, src)

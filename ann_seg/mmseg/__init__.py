@@ -10,7 +10,17 @@ data set's generator. Registered for the configs as well: ``hooks`` (``AtomicChe
 mode, ``enable_fast_training``); ``data_check`` scans a config's data sets.
 """
 
-from . import amp, datasets, fast, heads, hooks, losses, transforms  # noqa: F401  (registries)
+from . import (  # noqa: F401  (registries)
+    amp,
+    datasets,
+    evaluation,
+    fast,
+    heads,
+    hooks,
+    losses,
+    submission,
+    transforms,
+)
 from .builder import ModelLoadError, build_segmentor, load_weights, resolve_dataset_meta
 from .checkpoint import (
     CorruptCheckpointError,

@@ -10,11 +10,11 @@ import numpy as np
 import torch.nn as nn
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
-from mmengine.runner.checkpoint import CheckpointLoader
 from mmseg.registry import DATASETS, MODELS
 
 from .checkpoint import CorruptCheckpointError, UnsafeCheckpointError
 from .config import ConfigError, ConfigLike, import_custom_modules, load_config, replace_sync_bn
+from .model_zoo import ModelZooError, describe_family, load_checkpoint
 
 
 class ModelLoadError(RuntimeError):
@@ -79,18 +79,20 @@ def load_weights(
 ) -> dict:
     """Load ``checkpoint``'s state dict into ``model`` strictly: every key must match, except
     missing ones under ``allow_missing`` prefixes (an auxiliary head inference does not use).
-    Returns the checkpoint's ``meta``. Raises ``ModelLoadError`` naming the first keys and the
-    counts of missing and unexpected ones, ``CorruptCheckpointError`` (also for NaN or Inf
+    ``checkpoint``: a file (ann_seg's or mmseg's ANN/NonLocal layout, converted in memory), an
+    mmseg model-zoo URL or a published model's name (``model_zoo``: downloaded once into
+    torch's hub cache). Returns the checkpoint's ``meta``. Raises ``ModelLoadError``: a name,
+    download or architecture that cannot be had, another class count, or the first keys and
+    the counts of missing and unexpected ones; ``CorruptCheckpointError`` (also for NaN or Inf
     weights) or ``UnsafeCheckpointError``."""
     try:
-        ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location="cpu")
+        state, meta = load_checkpoint(checkpoint)
     except (CorruptCheckpointError, UnsafeCheckpointError):
         raise  # they name the file and the problem
+    except ModelZooError as error:  # says all: no "cannot load" prefix
+        raise ModelLoadError(str(error)) from None
     except Exception as error:
         raise ModelLoadError(f"cannot load checkpoint {checkpoint}: {error}") from error
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise ModelLoadError(f"{checkpoint} holds no state_dict")
     state = strip_module_prefix(state)
     own = model.state_dict()
     mismatched = [
@@ -100,15 +102,33 @@ def load_weights(
     ]
     missing = [k for k in own if k not in state and not k.startswith(tuple(allow_missing))]
     unexpected = [k for k in state if k not in own]
+    name = config if isinstance(config, str) else (config.filename or "the config")
+    classes = None if missing or unexpected else _class_count_mismatch(state, own)
+    if classes:
+        raise ModelLoadError(f"{checkpoint} has {classes[0]} classes, {name} has {classes[1]}")
+    family = describe_family(state)
+    if family and (missing or unexpected) and describe_family(own) != family:
+        head = type(getattr(model, "decode_head", None)).__name__
+        raise ModelLoadError(
+            f"{checkpoint} is a{'n' if family == 'ANN' else ''} {family} model, {name} builds "
+            f"a {head}: use an {family} config (ann-seg models lists the config of each)"
+        )
     if missing or unexpected or mismatched:
-        name = config if isinstance(config, str) else (config.filename or "the config")
         raise ModelLoadError(
             f"{checkpoint} does not match {name}: {len(missing)} missing keys "
             f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}, "
             f"{len(mismatched)} shape mismatches {mismatched[:3]}"
         )
     model.load_state_dict(state, strict=False)  # every key checked above
-    return ckpt.get("meta") or {}
+    return meta
+
+
+def _class_count_mismatch(state: dict, own: dict) -> Optional[tuple]:
+    """``(checkpoint classes, model classes)`` when the classifiers differ in size."""
+    key = "decode_head.conv_seg.weight"
+    if key in state and key in own and state[key].shape[0] != own[key].shape[0]:
+        return int(state[key].shape[0]), int(own[key].shape[0])
+    return None
 
 
 def _generated_palette(count: int, seed: int = 42) -> list:

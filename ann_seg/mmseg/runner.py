@@ -31,7 +31,9 @@ from .data_check import (
     format_report,
     scan_training_files,
 )
+from .evaluation import configure_test_evaluator
 from .interrupts import termination_as_interrupt
+from .model_zoo import ModelZooError, resolve_source
 from .speed import (
     SpeedPolicy,
     announce,
@@ -39,6 +41,7 @@ from .speed import (
     apply_training_speed,
     default_device,
 )
+from .submission import plan_submission, zip_submission
 
 
 def end_process_group() -> None:
@@ -194,17 +197,31 @@ def test(
     show_interval: int = 1,
     verbose: bool = True,
     speed: Optional[SpeedPolicy] = None,
+    metric: str = "iou",
+    tables: bool = True,
+    format_only: Optional[str] = None,
 ) -> dict:
     """Evaluate ``checkpoint`` as ``mmseg``'s ``tools/test.py``; returns the metrics dict.
+    ``tables``: also the per-class IoU/accuracy table and the confusion matrix, beside the
+    metrics in the run's log folder; ``metric='cityscapes'``: also cityscapesScripts' official
+    evaluation of the same predictions (``evaluation``). ``format_only``: no evaluation, the
+    test-server PNGs into that folder and its zip (``submission``; resumes: images whose PNG
+    exists are skipped); returns ``{"format_only", "zip", "written", "kept"}``.
 
+    ``checkpoint``: a file, an mmseg model-zoo URL or a published model's name (``model_zoo``).
     ``strict`` (default): the checkpoint must hold every weight of the config's model and
     nothing else (``ModelLoadError`` names the missing and unexpected keys); mmseg's own
     test.py loads non-strictly and scores a wrong checkpoint. ``show_dir``: painted
     predictions of every ``show_interval``-th image, under the work dir when relative.
     ``speed``: the inference speed policy, applied to the loaded model
     (``apply_inference_speed``)."""
-    if not osp.isfile(checkpoint):
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    if not osp.isfile(checkpoint):  # a published model's name or a URL (model_zoo)
+        if not strict:
+            raise ConfigError("--non-strict takes a checkpoint file; names and URLs load strictly")
+        try:
+            resolve_source(checkpoint)
+        except ModelZooError as error:
+            raise FileNotFoundError(str(error)) from None
     cfg = load_config(config, cfg_options, work_dir)
     setup_launcher(cfg, launcher)
     if show_dir:
@@ -214,6 +231,11 @@ def test(
     if out is not None:
         cfg.test_evaluator["output_dir"] = out
         cfg.test_evaluator["keep_results"] = True
+    plan = plan_submission(cfg, format_only) if format_only else None
+    if plan is None:
+        configure_test_evaluator(cfg, metric, tables)
+    elif not plan["todo"]:  # a finished submission: only the zip again
+        return _finish_submission(format_only, plan)
     if not strict:
         cfg.load_from = checkpoint
     with termination_as_interrupt():
@@ -232,4 +254,16 @@ def test(
     end_process_group()
     if show_dir:
         print_log(f"painted predictions: {show_dir}", logger="current")
+    if plan is not None and is_main_process():
+        return _finish_submission(format_only, plan)
     return metrics
+
+
+def _finish_submission(out_dir: str, plan: dict) -> dict:
+    zip_path = zip_submission(out_dir, plan["names"])
+    print_log(
+        f"submission ({plan['layout']}): {plan['todo']} PNGs written, {plan['done']} already "
+        f"there, {plan['total']} in {out_dir}; upload {zip_path}",
+        logger="current",
+    )
+    return {"format_only": out_dir, "zip": zip_path, "written": plan["todo"], "kept": plan["done"]}

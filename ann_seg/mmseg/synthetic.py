@@ -36,6 +36,12 @@ On-disk layouts (those read by mmseg's ``CityscapesDataset`` and ``ADE20KDataset
 * ``cityscapes``: ``leftImg8bit/{train,val}/<city>/<city>_<seq:06d>_000019_leftImg8bit.png`` and
   ``gtFine/{train,val}/<city>/<same stem>_gtFine_labelTrainIds.png`` (uint8 train ids ``0..K``),
   two made-up cities per split, sample ``i`` in city ``i % 2`` with sequence number ``i // 2``.
+  With ``K <= 18`` (train ids of Cityscapes' 19 classes: 0 road, 1 sidewalk, ...) also what
+  Cityscapes ships: ``<stem>_gtFine_polygons.json`` (one polygon per connected region, largest
+  first, plus one-pixel polygons where a region's outline alone would miss pixels, so that
+  cityscapesScripts' ``json2labelImg`` draws exactly the label map) and
+  ``<stem>_gtFine_labelIds.png`` (label ids: 7 road, 8 sidewalk, ...) and
+  ``<stem>_gtFine_instanceIds.png`` (what the official evaluation reads).
 * ``ade20k``: ``images/{training,validation}/ADE_{train,val}_<i + 1:08d>.jpg`` and
   ``annotations/{training,validation}/<same stem>.png`` holding ``class id + 1`` (value 0, "other",
   is never written), to be read with ``reduce_zero_label=True``.
@@ -55,8 +61,11 @@ from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
+from PIL import Image, ImageDraw
 
 from ann_seg.io import Progress, atomic_write_bytes
+
+from .cityscapes import INSTANCE_IDS, LABELS, NUM_TRAIN_IDS, train_id_to_id_lut
 
 __all__ = [
     "CUE_BAND_FRACTION",
@@ -270,6 +279,81 @@ def _sample_paths(layout: str, split: str, index: int) -> tuple[str, str]:
     return f"images/{split_dir}/{name}.jpg", f"annotations/{split_dir}/{name}.png"
 
 
+def _cityscapes_extras(params: dict[str, Any], split: str, index: int) -> tuple[str, ...]:
+    """Polygons and label-id paths of a Cityscapes sample (none for more than 19 classes)."""
+    if params["layout"] != "cityscapes" or params["num_classes"] >= NUM_TRAIN_IDS:
+        return ()
+    label = _sample_paths("cityscapes", split, index)[1]
+    stem = label[: -len("_gtFine_labelTrainIds.png")]
+    suffixes = ("polygons.json", "labelIds.png", "instanceIds.png")
+    return tuple(f"{stem}_gtFine_{suffix}" for suffix in suffixes)
+
+
+def _draw_polygons(objects: list, shape: tuple[int, int]) -> np.ndarray:
+    """Train ids as cityscapesScripts' ``createLabelImage`` draws them (PIL polygons in order
+    on an unlabeled background)."""
+    image = Image.new("L", (shape[1], shape[0]), 255)
+    draw = ImageDraw.Draw(image)
+    for train_id, polygon in objects:
+        draw.polygon([tuple(p) for p in polygon], fill=train_id)
+    return np.asarray(image)
+
+
+def label_polygons(label: np.ndarray) -> list:
+    """``(train id, [[x, y], ...])`` polygons that PIL draws, in order, into exactly ``label``:
+    the outer contour of every connected region, largest first (an enclosed region comes after
+    its surroundings), then one-pixel polygons for the pixels contours alone miss."""
+    regions = []
+    for value in np.unique(label):
+        count, components = cv2.connectedComponents((label == value).astype(np.uint8), None, 8)
+        for component in range(1, count):
+            mask = (components == component).astype(np.uint8)
+            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            for contour in contours:
+                points = contour[:, 0, :].tolist()
+                filled = cv2.drawContours(np.zeros_like(mask), [contour], -1, 1, -1)
+                regions.append(
+                    (int(filled.sum()), int(value), points * (2 if len(points) == 1 else 1))
+                )
+    regions.sort(key=lambda region: -region[0])
+    objects = [(value, points) for _, value, points in regions]
+    for _ in range(3):  # a pixel fixed late can only be covered by a later fix: converges
+        ys, xs = np.nonzero(_draw_polygons(objects, label.shape) != label)
+        if not len(ys):
+            return objects
+        objects += [(int(label[y, x]), [[int(x), int(y)]] * 2) for y, x in zip(ys, xs)]
+    raise RuntimeError("label_polygons: the polygons do not reproduce the label map")
+
+
+def instance_ids(label_ids: np.ndarray) -> np.ndarray:
+    """Cityscapes' ``*_gtFine_instanceIds.png`` (uint16): ``id * 1000 + n`` for the n-th
+    connected region of a class with instances (ids 24..33, person to bicycle), else ``id``."""
+    instances = label_ids.astype(np.uint16)
+    for label_id in np.unique(label_ids):
+        if label_id in INSTANCE_IDS:
+            count, regions = cv2.connectedComponents((label_ids == label_id).astype(np.uint8))
+            mask = regions > 0
+            instances[mask] = int(label_id) * 1000 + regions[mask] - 1
+    return instances
+
+
+def _encode_cityscapes_extras(label: np.ndarray) -> tuple[bytes, bytes, bytes]:
+    """``*_gtFine_polygons.json`` (Cityscapes' format), ``*_gtFine_labelIds.png`` and
+    ``*_gtFine_instanceIds.png``."""
+    names = {train_id: name for _, name, train_id in LABELS}
+    objects = [
+        {"label": names[value], "polygon": points} for value, points in label_polygons(label)
+    ]
+    document = {"imgHeight": int(label.shape[0]), "imgWidth": int(label.shape[1])}
+    document["objects"] = objects
+    label_ids = train_id_to_id_lut()[label]
+    ok_ids, ids = cv2.imencode(".png", label_ids)
+    ok_instances, instances = cv2.imencode(".png", instance_ids(label_ids))
+    if not (ok_ids and ok_instances):
+        raise RuntimeError("cv2 failed to encode a label-id map")
+    return json.dumps(document).encode("utf-8"), ids.tobytes(), instances.tobytes()
+
+
 def _split_dirs(layout: str, split: str) -> tuple[str, str]:
     """Image and annotation directory of a split (mmseg ``data_prefix``), relative to the root."""
     if layout == "cityscapes":
@@ -284,6 +368,7 @@ def _expected_paths(params: dict[str, Any]) -> list[str]:
         for split in SPLITS
         for index in range(counts[split])
         for path in _sample_paths(params["layout"], split, index)
+        + _cityscapes_extras(params, split, index)
     ]
 
 
@@ -454,6 +539,10 @@ def generate_long_range_dataset(
             image_bytes, label_bytes = _encode_sample(layout, sample)
             atomic_write_bytes(os.path.join(root, image_path), image_bytes)
             atomic_write_bytes(os.path.join(root, label_path), label_bytes)
+            extras = _cityscapes_extras(params, split, index)
+            if extras:
+                for path, data in zip(extras, _encode_cityscapes_extras(sample.label)):
+                    atomic_write_bytes(os.path.join(root, path), data)
             bar.update()
     bar.close()
     _write_manifest(root, params, complete=True)

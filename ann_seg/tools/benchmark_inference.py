@@ -35,7 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("config", help="config file, ann_seg::<dir>/<file>.py or mmseg::...")
-    parser.add_argument("checkpoint", help='checkpoint file, or "random" for random weights')
+    parser.add_argument(
+        "checkpoint",
+        help="checkpoint file, mmseg model-zoo URL, published model name (ann-seg models), or "
+        '"random" for random weights',
+    )
     parser.add_argument("input", help="image, folder or list file (as ann-seg infer)")
     parser.add_argument(
         "--modes",

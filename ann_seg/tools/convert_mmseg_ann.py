@@ -1,10 +1,13 @@
-"""Convert an mmseg ANN checkpoint (ANNHead) into an ann_seg (ANNSegHead) checkpoint.
+"""Convert an mmseg ANN (ANNHead) or NonLocal (NLHead) checkpoint into an ann_seg (ANNSegHead,
+NLSegHead) checkpoint.
 
 Keeps the backbone and auxiliary head, renames the decode head's modules, drops mmseg's
 duplicate of the shared APNB query/key projection; with --config, checks that every tensor of
 that config's model is present with the right shape. The output is written atomically; a
-checkpoint that is not an mmseg ANN model, truncated, unsafe or of the wrong shapes is refused
-(exit status 2) and nothing is written. See README, "Using mmseg's published ANN checkpoints".
+checkpoint that is not an mmseg ANN/NonLocal model, truncated, unsafe or of the wrong shapes is
+refused (exit status 2) and nothing is written. Not needed to run mmseg's published models:
+ann-seg infer/test take their names or URLs and convert in memory (ann-seg models). See
+README, "Using mmseg's published ANN checkpoints".
 
 Examples:
   ann-seg convert ann_r101-d8_769x769_40k_cityscapes_20200530_025720-059bff28.pth \\
@@ -24,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("src", help="mmseg ANN checkpoint (.pth)")
+    parser.add_argument("src", help="mmseg ANN or NonLocal checkpoint (.pth)")
     parser.add_argument("dst", help="output ann_seg checkpoint (written atomically)")
     parser.add_argument(
         "--config",
@@ -39,7 +42,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         n_in, n_out = convert_checkpoint(args.src, args.dst, args.config)
-    except ConversionError as error:  # not an mmseg ANN model, or shapes that do not fit
+    except ConversionError as error:  # not an mmseg ANN/NonLocal model, or shapes that do not fit
         if args.debug:
             raise
         print(f"error: {error}", file=sys.stderr)

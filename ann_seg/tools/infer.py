@@ -59,7 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "config", nargs="?", help="config file, ann_seg::<dir>/<file>.py or mmseg::..."
     )
-    parser.add_argument("checkpoint", nargs="?", help="checkpoint file")
+    parser.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="checkpoint file, mmseg model-zoo URL or published model name (ann-seg models)",
+    )
     parser.add_argument(
         "input",
         nargs="?",

@@ -7,7 +7,10 @@ classes. Generating again with the same parameters into a complete set is a no-o
 
 Layouts (what mmseg's CityscapesDataset / ADE20KDataset read):
   cityscapes  ROOT/leftImg8bit/{train,val}/<city>/<name>_leftImg8bit.png (PNG images) and
-              ROOT/gtFine/{train,val}/<city>/<name>_gtFine_labelTrainIds.png (ids 0..K)
+              ROOT/gtFine/{train,val}/<city>/<name>_gtFine_labelTrainIds.png (ids 0..K),
+              with K <= 18 also <name>_gtFine_polygons.json and _gtFine_labelIds.png as
+              Cityscapes ships them (ann-seg prepare-data cityscapes ROOT rebuilds the
+              labelTrainIds from the polygons)
   ade20k      ROOT/images/{training,validation}/ADE_*.jpg (JPEG, quality 95) and
               ROOT/annotations/{training,validation}/ADE_*.png (id + 1: reduce_zero_label)
 

@@ -7,12 +7,18 @@ Examples:
   ann-seg test CONFIG CHECKPOINT --show-dir vis       # painted predictions in <work dir>/vis
   ann-seg test ann_seg::ann/ann_r50-d8_4xb2-40k_cityscapes-512x1024.py CHECKPOINT --tta
   ann-seg test CONFIG CHECKPOINT --fast                # native low precision, folded
+  ann-seg test ann_seg::ann/ann_r101-d8_4xb2-40k_cityscapes-769x769.py \
+      ann_r101-d8_769x769_40k_cityscapes --metric cityscapes   # a published model by name
+  ann-seg test CONFIG CHECKPOINT --format-only submission \
+      --cfg-options test_dataloader.dataset.data_prefix.img_path=leftImg8bit/test \
+      test_dataloader.dataset.data_prefix.seg_map_path=gtFine/test   # submission.zip
 """
 
 import argparse
 import os
 import sys
 
+from ann_seg.mmseg.evaluation import METRICS_CHOICES
 from ann_seg.mmseg.runner import test
 from ann_seg.mmseg.speed import add_speed_arguments, default_device, speed_policy
 from ann_seg.tools import cli
@@ -23,9 +29,28 @@ def parse_args(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("config", help="config file, ann_seg::<dir>/<file>.py or mmseg::...")
-    parser.add_argument("checkpoint", help="checkpoint file")
+    parser.add_argument(
+        "checkpoint",
+        help="checkpoint file, mmseg model-zoo URL or published model name (ann-seg models)",
+    )
     parser.add_argument("--work-dir", help="metrics and logs (default: work_dirs/<config name>)")
     parser.add_argument("--out", help="folder for the predicted label maps")
+    parser.add_argument(
+        "--format-only",
+        metavar="OUT",
+        help="no evaluation: write the test set's predictions as the benchmark server wants "
+        "them into OUT (Cityscapes: <city>_<seq>_<frame>_leftImg8bit.png with label ids; "
+        "ADE20K: 1-based PNGs) and OUT.zip to upload; a re-run skips images already written",
+    )
+    parser.add_argument(
+        "--metric",
+        choices=METRICS_CHOICES,
+        default="iou",
+        help="iou (default): mmseg's aAcc/mIoU/mAcc; cityscapes: also the official Cityscapes "
+        "evaluation (cityscapesScripts, on label-id files in a temporary folder) of the same "
+        "predictions. Either way the per-class IoU/accuracy table (per_class.md/.csv) and the "
+        "confusion matrix (confusion_matrix.csv/.png) go beside the metrics in the run's folder",
+    )
     parser.add_argument(
         "--show-dir",
         help="folder for painted predictions (relative: under the work dir); every image, or "
@@ -77,6 +102,8 @@ def main(argv=None):
         show_interval=args.show_interval,
         verbose=args.verbose,
         speed=speed_policy(args, "test", default_device()),
+        metric=args.metric,
+        format_only=args.format_only,
     )
     return 0
 

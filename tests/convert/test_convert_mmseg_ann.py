@@ -142,7 +142,7 @@ def test_refuses_other_models_and_broken_files(tmp_path):
     src = str(tmp_path / "psp.pth")
     torch.save({"state_dict": psp.state_dict()}, src)
     dst = tmp_path / "out.pth"
-    with pytest.raises(ConversionError, match="not an mmseg ANN model"):
+    with pytest.raises(ConversionError, match="not an mmseg ANN or NonLocal model"):
         convert_checkpoint(src, str(dst))
     assert not dst.exists()
 

@@ -61,7 +61,8 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path, layout):
     generate_long_range_dataset(tmp_path / "b", layout=layout, seed=3, **SMALL)
     generate_long_range_dataset(tmp_path / "c", layout=layout, seed=4, **SMALL)
     files_a, files_b, files_c = (_files(tmp_path / name) for name in "abc")
-    assert first["generated"] and len(files_a) == 2 * (3 + 2) + 1
+    per_sample = 5 if layout == "cityscapes" else 2  # + polygons, label and instance ids
+    assert first["generated"] and len(files_a) == per_sample * (3 + 2) + 1
     assert files_a == files_b
     assert files_a.keys() == files_c.keys()
     images = [path for path in files_a if path.endswith((".jpg", "_leftImg8bit.png"))]
@@ -73,7 +74,7 @@ def test_a_split_does_not_depend_on_the_other_split_size(tmp_path):
     generate_long_range_dataset(tmp_path / "b", **{**SMALL, "num_train": 1, "num_val": 2})
     files_a, files_b = _files(tmp_path / "a"), _files(tmp_path / "b")
     shared = (files_a.keys() & files_b.keys()) - {MANIFEST_NAME}
-    assert len(shared) == 2 * (1 + 1)
+    assert len(shared) == 5 * (1 + 1)
     assert all(files_a[path] == files_b[path] for path in shared)
 
 
@@ -91,7 +92,8 @@ def test_cityscapes_layout_file_names(tmp_path):
     for split, split_stems in stems.items():
         for stem in split_stems:
             expected.add(f"leftImg8bit/{split}/{stem}_leftImg8bit.png")
-            expected.add(f"gtFine/{split}/{stem}_gtFine_labelTrainIds.png")
+            for suffix in ("labelTrainIds.png", "polygons.json", "labelIds.png", "instanceIds.png"):
+                expected.add(f"gtFine/{split}/{stem}_gtFine_{suffix}")
     assert set(_files(tmp_path)) == expected
     assert summary["splits"]["train"] == {
         "img_dir": "leftImg8bit/train",
@@ -181,14 +183,18 @@ def test_second_call_skips_and_overwrite_regenerates(tmp_path):
     assert generate_long_range_dataset(tmp_path, overwrite=True, **SMALL)["generated"]
     after = _stats(tmp_path)
     assert after.keys() == before.keys()
-    assert all(after[path].st_ino != before[path].st_ino for path in before)  # replaced files
+    # replaced files (a freed inode number may be reused: the write time tells them apart)
+    assert all(
+        (after[p].st_ino, after[p].st_mtime_ns) != (before[p].st_ino, before[p].st_mtime_ns)
+        for p in before
+    )
     assert _files(tmp_path) == contents
 
 
 def test_other_parameters_replace_the_previous_generation(tmp_path):
     generate_long_range_dataset(tmp_path, layout="cityscapes", **SMALL)
     generate_long_range_dataset(tmp_path, layout="cityscapes", **{**SMALL, "num_train": 1})
-    assert len(_files(tmp_path)) == 2 * (1 + 2) + 1
+    assert len(_files(tmp_path)) == 5 * (1 + 2) + 1
     generate_long_range_dataset(tmp_path, layout="ade20k", **SMALL)
     assert not (tmp_path / "leftImg8bit").exists() and not (tmp_path / "gtFine").exists()
     assert len(_files(tmp_path)) == 2 * (3 + 2) + 1
@@ -340,3 +346,37 @@ def test_cue_distance_default_keeps_data_and_manifest_and_others_are_refused(tmp
     for bad in (0.0, 1.0, 0.9):
         with pytest.raises(ValueError, match="cue_distance"):
             generate_long_range_dataset(tmp_path / "c", **SMALL, cue_distance=bad)
+
+
+def test_cityscapes_polygons_and_label_ids_draw_the_train_ids(tmp_path):
+    """The polygons, drawn as cityscapesScripts' json2labelImg draws them (PIL, in order),
+    give the train-id map exactly; the label-id map is it through Cityscapes' table."""
+    from PIL import Image, ImageDraw
+
+    from ann_seg.mmseg.cityscapes import LABELS
+
+    generate_long_range_dataset(tmp_path, layout="cityscapes", num_classes=18, **SMALL)
+    name_to_ids = {name: (label_id, train_id) for label_id, name, train_id in LABELS}
+    stems = [str(p)[: -len("_gtFine_labelTrainIds.png")] for p in tmp_path.rglob("*TrainIds.png")]
+    assert len(stems) == 5
+    for stem in stems:
+        train_ids = _read_unchanged(f"{stem}_gtFine_labelTrainIds.png")
+        with open(f"{stem}_gtFine_polygons.json") as f:
+            polygons = json.load(f)
+        assert (polygons["imgHeight"], polygons["imgWidth"]) == train_ids.shape
+        drawn = Image.new("L", (polygons["imgWidth"], polygons["imgHeight"]), 255)
+        draw = ImageDraw.Draw(drawn)
+        for obj in polygons["objects"]:
+            draw.polygon([tuple(p) for p in obj["polygon"]], fill=name_to_ids[obj["label"]][1])
+        np.testing.assert_array_equal(np.asarray(drawn), train_ids)
+        label_ids = _read_unchanged(f"{stem}_gtFine_labelIds.png")
+        lut = {train_id: label_id for label_id, train_id in name_to_ids.values()}
+        np.testing.assert_array_equal(label_ids, np.vectorize(lut.get)(train_ids))
+        instances = _read_unchanged(f"{stem}_gtFine_instanceIds.png")
+        assert instances.dtype == np.uint16
+        things = label_ids >= 24  # person ... bicycle: id * 1000 + instance
+        np.testing.assert_array_equal(instances[~things], label_ids[~things])
+        np.testing.assert_array_equal(instances[things] // 1000, label_ids[things])
+    # more classes than Cityscapes has: no polygons
+    generate_long_range_dataset(tmp_path / "wide", layout="cityscapes", num_classes=19, **SMALL)
+    assert not list((tmp_path / "wide").rglob("*_polygons.json"))
