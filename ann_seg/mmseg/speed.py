@@ -10,7 +10,8 @@ command line        suffix    meaning
                     ``+fp16`` precision the device computes natively (fp16 on CUDA, bf16 on CPUs
                     ``+fp32`` with AVX512-BF16 or AMX), else fp32, said once
 ``--channels-last`` ``+cl``   channels-last memory format; by default where it pays: on CUDA,
-                              and on the CPU in low precision (not in CPU float32)
+                              on the CPU in low precision and in folded inference (not in
+                              CPU float32 training)
 ``--fuse``          ``+fuse`` inference: BatchNorms folded into convolutions, APNB/AFNB output
                               projections into their fusion (exact up to rounding)
 ``--compile``       ``+compile`` ``torch.compile`` of backbone, neck and decode head
@@ -55,7 +56,7 @@ class SpeedPolicy:
 
     Args:
         precision: ``'fp32'``, ``'bf16'``, ``'fp16'`` or ``'auto'`` (native low precision).
-        channels_last: ``None``: where it pays (CUDA; the CPU in low precision).
+        channels_last: ``None``: where it pays (CUDA; the CPU in low precision or folded).
         fuse: inference folding.
         compile: ``torch.compile``.
         checkpoint: training activation checkpointing.
@@ -96,8 +97,8 @@ class SpeedPolicy:
             if dtype is not None and dtype != native:
                 note = f"{self.precision} is not native on this {device_type}: emulated, slow"
         channels_last = self.channels_last
-        if channels_last is None:
-            channels_last = device_type == "cuda" or dtype is not None
+        if channels_last is None:  # where it paid: not in CPU float32 training
+            channels_last = device_type == "cuda" or dtype is not None or self.fuse
         return ResolvedSpeed(self, str(device), dtype, channels_last, dtype == native, note)
 
 
@@ -299,7 +300,7 @@ def add_speed_arguments(parser: argparse.ArgumentParser, task: str) -> None:
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="channels-last memory format (default: on CUDA, and on the CPU in low precision)",
+        help="channels-last memory format (default: on CUDA, in low precision, and folded)",
     )
     if task != "train":
         group.add_argument(

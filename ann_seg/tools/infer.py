@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="images per forward (consecutive images of equal size; default 1); on a 2-core "
-        "CPU, 8 segmented small images 2.45x faster than 1 (README, Large folders)",
+        "CPU, 8 segmented small images 2.45x faster than 1 (docs/performance.md)",
     )
     parser.add_argument(
         "--workers",
