@@ -89,6 +89,28 @@ def test_progress_counts_and_closes_the_line():
     assert silent.getvalue() == ""
 
 
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_redraws_on_a_terminal_and_writes_four_lines_elsewhere():
+    terminal, log = _Terminal(), io.StringIO()
+    for stream in (terminal, log):
+        with Progress(1000, stream=stream) as bar:
+            for _ in range(1000):
+                bar.update()
+    assert terminal.getvalue().count("\r") >= 100 and terminal.getvalue().count("\n") <= 2
+    lines = log.getvalue().splitlines()
+    assert [line.split("]")[0] for line in lines] == [
+        "[250/1000",
+        "[500/1000",
+        "[750/1000",
+        "[1000/1000",
+    ]
+    assert "\r" not in log.getvalue() and len(log.getvalue()) < 400
+
+
 def test_markdown_table_alignment_and_shape_errors():
     table = markdown_table(["name", "ms"], [["a", "1.0"], ["b|c", "2.0"]])
     assert table.splitlines() == ["| name | ms |", "| --- | ---: |", "| a | 1.0 |", "| b|c | 2.0 |"]
