@@ -27,7 +27,7 @@ def train_to_final(cfg: Config, speed: Optional[SpeedPolicy] = None) -> str:
     checkpoint that loads."""
     final = osp.join(cfg.work_dir, f"iter_{cfg.train_cfg.max_iters}.pth")
     if not (osp.isfile(final) and checkpoint_loads(final)):
-        train(cfg, resume=True, speed=speed)
+        train(cfg, resume=True, speed=speed, verbose=False)
     if not osp.isfile(final):
         raise FileNotFoundError(
             f"training finished without writing {final}: the config's checkpoint hook must "
@@ -89,6 +89,7 @@ def run_demo(
         out=pred_dir,
         cfg_options={"test_dataloader.num_workers": 0, "test_dataloader.persistent_workers": False},
         speed=SpeedPolicy.fast("test") if fast else None,
+        verbose=False,
     )
     timings["test_s"] = round(time.perf_counter() - start, 1)
 

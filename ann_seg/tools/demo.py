@@ -13,7 +13,7 @@ Examples:
 """
 
 import argparse
-import json
+import os.path as osp
 import sys
 
 from ann_seg.demo import DEMO_CONFIG, run_demo
@@ -68,10 +68,16 @@ def main(argv=None) -> int:
         args.seed,
         args.fast,
     )
-    print(json.dumps(summary, indent=2))
+    timings = summary["timings"]
     print(
-        f"demo mIoU: {summary['metrics'].get('mIoU', float('nan')):.2f} "
-        f"(predicted label maps in {summary['predictions']})"
+        f"data: {summary['num_train']} training and {summary['num_val']} validation images in "
+        f"{summary['data_root']} ({timings['data_s']} s)\n"
+        f"trained: {summary['checkpoint']} ({timings['train_s']} s)\n"
+        f"tested: {timings['test_s']} s; segmented the validation images: "
+        f"{timings['inference_s']} s\n"
+        f"label maps: {summary['predictions']}; overlays: {summary['overlays']}\n"
+        f"summary: {osp.join(args.work_dir, 'summary.json')}\n"
+        f"demo mIoU: {summary['metrics'].get('mIoU', float('nan')):.2f}"
     )
     return 0
 
