@@ -1,15 +1,10 @@
-"""Timing and peak-memory measurement shared by the model and block benchmarks.
+"""Timing and peak-memory measurement shared by the benchmarks (method: docs/benchmark.md).
 
-* Time: wall clock (``time.perf_counter``) around one step, after ``torch.cuda.synchronize`` on
-  CUDA. Cases are timed *interleaved*: every repeat runs each case once, in an order rotated by
-  one case per repeat, so slow phases of a shared, noisy machine hit every case alike.
-* Peak memory: the peak of live tensor bytes during one step, above the level at its start
-  (so weights and inputs that already exist are not counted; activations, workspaces and, in
-  training, gradients are). CUDA: ``torch.cuda.max_memory_allocated`` after
-  ``reset_peak_memory_stats``. CPU: ``torch.profiler`` with ``profile_memory=True`` records every
-  allocation and free of PyTorch's CPU allocator (including temporaries inside kernels, e.g.
-  the N x N matrix of a math attention); their running sum in time order gives the peak.
-  Memory is measured in a separate step after the timed ones (the profiler slows a step down).
+* Time: wall clock around one step (synchronised on CUDA); cases are timed *interleaved*, the
+  order rotated by one case per round, so slow phases of a noisy machine hit every case alike.
+* Peak memory: the peak of live tensor bytes during one step above the level at its start.
+  CUDA: ``max_memory_allocated``; CPU: the running sum of ``torch.profiler``'s allocator
+  events (temporaries inside kernels included). Measured in a step of its own.
 """
 
 import contextlib
@@ -49,13 +44,10 @@ class PeakMemoryTracker:
 
     def __init__(self, device: str = "cpu"):
         self.device = str(device)
+        self.is_cuda = self.device.startswith("cuda")
         self.peak_bytes: Optional[int] = None
         self._profiler = None
         self._base = 0
-
-    @property
-    def is_cuda(self) -> bool:
-        return self.device.startswith("cuda")
 
     def __enter__(self) -> "PeakMemoryTracker":
         if self.is_cuda:
@@ -77,10 +69,6 @@ class PeakMemoryTracker:
             self._profiler.__exit__(*exc_info)
         if exc_info[0] is None:
             self.peak_bytes = _cpu_peak_from_profile(self._profiler)
-
-    @property
-    def peak_mib(self) -> float:
-        return self.peak_bytes / MIB
 
 
 @contextlib.contextmanager

@@ -71,17 +71,16 @@ def main(argv=None) -> int:
         print(f"error: device {args.device!r} requested but CUDA is not available", file=sys.stderr)
         return cli.USAGE_ERROR
     choose_threads(args.threads)
-    dims = BlockDims(args.in_channels, args.key_channels, args.low_channels)
     return run_block_benchmark(
-        tuple(args.shape),
-        dims,
-        args.rows,
-        args.batch_size,
-        args.repeat,
-        args.warmup,
-        args.device,
-        args.max_memory_gb or None,
         args.json,
+        shape=tuple(args.shape),
+        dims=BlockDims(args.in_channels, args.key_channels, args.low_channels),
+        rows=args.rows,
+        batch_size=args.batch_size,
+        repeat=args.repeat,
+        warmup=args.warmup,
+        device=args.device,
+        max_memory_gb=args.max_memory_gb or None,
         progress=not args.no_progress,
     )
 
