@@ -80,7 +80,8 @@ class PyramidPoolingSampler(nn.Module):
             raise ValueError(f"pool_sizes must be a non-empty sequence, got {pool_sizes!r}")
         for size in pool_sizes:
             for s in size if isinstance(size, tuple) else (size,):
-                check_positive(pool_size=s)
+                if not isinstance(s, int) or isinstance(s, bool) or s <= 0:
+                    raise ValueError(f"each pool size must be a positive int, got {s!r}")
         self.pool_sizes = tuple(pool_sizes)
         self._cache = {}
 
