@@ -1,22 +1,11 @@
 """Convert mmseg's ANN checkpoints (``ANNHead``) to ann_seg's ``ANNSegHead`` layout.
 
-The backbone and the auxiliary head are shared with mmseg and kept as they are. In the decode
-head, mmseg's ``SelfAttentionBlock`` (``stages.0.{key,query,value,out}_project``) becomes
-``attention.{key,query,value,out}_proj``, the blocks' ``bottleneck`` ConvModules become ``fuse``
-(``conv``/``bn`` -> ``conv``/``norm``). mmseg's APNB shares one projection for query and key
-(its state dict holds it twice); ann_seg's ``share='query_key'`` holds it once.
-
-What differs between the two heads, and why converted weights still give mmseg's predictions:
-- dropout: mmseg applies ``Dropout2d(0.1)`` after AFNB and again before the classifier; ann_seg
-  (as the authors' release) drops out after each block's fusion. Dropout is the identity in eval.
-- projection sharing: both share query/key in APNB and nothing in AFNB by default.
-- ``align_corners`` and ``test_cfg`` are config values: use the ann_seg config matching the mmseg
-  one (same names); 769x769 Cityscapes configs set ``align_corners=True`` in both.
-- pyramid pooling: ann_seg pools by a matmul with the adaptive-pooling matrix, which equals
-  ``nn.AdaptiveAvgPool2d`` up to float rounding; values are projected after pooling (an exact
-  reordering of an affine map and an average).
-- ``query_scales`` other than ``(1,)`` (a max-pooled query pyramid) have no ann_seg counterpart
-  and are refused.
+The backbone and auxiliary head are kept; in the decode head mmseg's
+``stages.0.{key,query,value,out}_project`` become ``attention.{key,query,value,out}_proj`` and
+the ``bottleneck`` ConvModules ``fuse`` (``conv``/``bn`` -> ``conv``/``norm``); APNB's shared
+query/key projection, held twice by mmseg, is kept once. ``query_scales`` other than ``(1,)``
+have no counterpart and are refused. Why converted weights give mmseg's predictions: README,
+"Using mmseg's published ANN checkpoints".
 """
 
 import os.path as osp

@@ -85,7 +85,8 @@ class PyramidPoolingSampler(nn.Module):
         self.pool_sizes = tuple(pool_sizes)
         self._cache = {}
 
-    def _bins(self, dims: int):
+    def level_bins(self, dims: int):
+        """The bins of each pyramid level for ``dims``-d input (an int size on every dim)."""
         for size in self.pool_sizes:
             bins = size if isinstance(size, tuple) else (size,) * dims
             if len(bins) != dims:
@@ -93,7 +94,7 @@ class PyramidPoolingSampler(nn.Module):
             yield bins
 
     def num_anchors(self, spatial: Sequence[int]) -> int:
-        return sum(math.prod(bins) for bins in self._bins(len(spatial)))
+        return sum(math.prod(bins) for bins in self.level_bins(len(spatial)))
 
     def pooling_matrix(self, spatial: Sequence[int], dtype, device) -> torch.Tensor:
         """``(S, N)`` matrix of all pyramid levels stacked (cached per shape/dtype/device)."""
@@ -107,7 +108,8 @@ class PyramidPoolingSampler(nn.Module):
     def traceable_pooling_matrix(self, spatial: Sequence, dtype, device) -> torch.Tensor:
         """``pooling_matrix`` built from (possibly traced) sizes, uncached."""
         levels = [
-            adaptive_pool_matrix(spatial, bins, torch.float64) for bins in self._bins(len(spatial))
+            adaptive_pool_matrix(spatial, bins, torch.float64)
+            for bins in self.level_bins(len(spatial))
         ]
         return torch.cat(levels).to(dtype=dtype, device=device)
 
