@@ -2,7 +2,7 @@
 row on the same input, timed interleaved with an identity baseline, peak memory of one extra
 step, both also minus the identity's (``net``), and ``ref / row`` ratios of the net values
 against the non-local references (> 1 = better). Rows whose estimated peak memory exceeds a
-budget are skipped (``estimate_peak_bytes``). The method and the paper's: docs/benchmark.md.
+budget are skipped (``estimate_peak_bytes``). The method and the paper's: docs/benchmarks.md.
 """
 
 import sys

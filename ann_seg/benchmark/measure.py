@@ -1,4 +1,4 @@
-"""Timing and peak-memory measurement shared by the benchmarks (method: docs/benchmark.md).
+"""Timing and peak-memory measurement shared by the benchmarks (method: docs/benchmarks.md).
 
 * Time: wall clock around one step (synchronised on CUDA); cases are timed *interleaved*, the
   order rotated by one case per round, so slow phases of a noisy machine hit every case alike.

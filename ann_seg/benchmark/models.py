@@ -4,7 +4,7 @@ Every config is built by ``ann_seg.mmseg.build_segmentor`` (default init, no dow
 -> BN). For each input shape the configs are timed interleaved, then the peak memory of one
 more step and the forward FLOPs are counted per config. Parts (``model``: the
 ``EncoderDecoder`` in ``mode='tensor'``, ``backbone``, ``head`` on features shaped as the
-backbone's) and the method: docs/benchmark.md.
+backbone's) and the method: docs/benchmarks.md.
 """
 
 import copy
@@ -27,12 +27,7 @@ from ann_seg.layers.conv import check_choice
 from ann_seg.mmseg import build_segmentor, enable_fast_training
 from ann_seg.mmseg.config import config_name as file_stem
 from ann_seg.mmseg.fast import RESIDUAL_BLOCKS
-from ann_seg.mmseg.speed import (
-    SpeedPolicy,
-    apply_inference_speed,
-    compile_parts,
-    split_suffixes,
-)
+from ann_seg.mmseg.speed import SpeedPolicy, apply_inference_speed, compile_parts, split_suffixes
 
 from .measure import (
     MIB,

@@ -4,8 +4,8 @@ The backbone and auxiliary head are kept; in the decode head mmseg's
 ``stages.0.{key,query,value,out}_project`` become ``attention.{key,query,value,out}_proj`` and
 the ``bottleneck`` ConvModules ``fuse`` (``conv``/``bn`` -> ``conv``/``norm``); APNB's shared
 query/key projection, held twice by mmseg, is kept once. ``query_scales`` other than ``(1,)``
-have no counterpart and are refused. Why converted weights give mmseg's predictions: README,
-"Using mmseg's published ANN checkpoints".
+have no counterpart and are refused. Why converted weights give mmseg's predictions:
+docs/training.md, "mmseg's published ANN checkpoints".
 """
 
 import os.path as osp

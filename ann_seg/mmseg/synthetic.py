@@ -1,33 +1,19 @@
-"""A synthetic segmentation data set that can only be solved with long-range context.
+"""A synthetic segmentation data set that can only be solved with long-range context
+(docs/datasets.md, "The built-in synthetic set").
 
-Every ``H x W`` image has two parts (README, "The built-in data set"):
+Every ``H x W`` image has a cue band, rows ``[0, cue_rows)`` with ``cue_rows = max(2,
+round(H / 16))``, of one saturated colour whose hue (``(k - 1) / K``, jittered by up to +-20 %
+of the spacing) picks the image's class ``k`` in ``1..K``; and two to five grey striped objects
+(discs, rotated rectangles, blobs), drawn whatever the class, in rows ``>= min_object_row =
+cue_rows + ceil(cue_distance * H)``, all labelled ``k``. Everything else, the band included,
+is background (0); 255 is never written. Every object pixel is at least ``min_cue_distance =
+ceil(cue_distance * H) + 1`` pixels from every cue pixel. A per-image colour gain (+-5 %) and
+per-pixel noise (sigma 0.03) keep exact colours from leaking from the band.
 
-* **The cue band**: rows ``[0, cue_rows)``, ``cue_rows = max(2, round(H / 16))``, one saturated
-  colour whose hue is one of ``K`` evenly spaced hues (``(k - 1) / K`` for class ``k``, jittered
-  per image by up to +-20 % of the spacing, random saturation/brightness): it picks the image's
-  *cue class* ``k`` in ``1..K``. Band pixels are labelled background (0).
-* **The object region**: rows ``>= min_object_row = cue_rows + ceil(cue_distance * H)``
-  (``cue_distance`` 0.4 by default). Two to five grey, striped objects (discs, rotated
-  rectangles, blobs of discs), drawn from a distribution that does not depend on the class, on
-  a darker, smoothly varying background, all labelled ``k``; every other pixel is 0.
-
-So *object or background* is a local question, but *which class* is decided only by the band,
-at least ``min_cue_distance = ceil(cue_distance * H) + 1`` pixels away. A per-image colour gain
-(+-5 % per channel) and per-pixel noise (sigma 0.03) keep exact colours from leaking from the
-band; 255 ("ignore") is never written. Each image comes from its own ``numpy`` Generator
-seeded with ``(seed, split, index)``: byte-identical for equal parameters, independent of the
-other split's size and of the layout (ADE20K images are JPEG, quality 95).
-
-Layouts (read by mmseg's ``CityscapesDataset`` and ``ADE20KDataset``):
-
-* ``cityscapes``: ``leftImg8bit/{train,val}/<city>/<city>_<seq:06d>_000019_leftImg8bit.png`` and
-  ``gtFine/.../<same stem>_gtFine_labelTrainIds.png`` (train ids ``0..K``), two made-up cities
-  per split, sample ``i`` in city ``i % 2`` with sequence number ``i // 2``.
-* ``ade20k``: ``images/{training,validation}/ADE_{train,val}_<i + 1:08d>.jpg`` and
-  ``annotations/.../<same stem>.png`` holding ``class id + 1`` (``reduce_zero_label=True``).
-
-A manifest ``ann_seg_synthetic.json`` in the root records the parameters; generating again with
-the same parameters into a complete data set is a no-op.
+Each image comes from its own ``numpy`` Generator seeded with ``(seed, split, index)``:
+byte-identical for equal parameters, independent of the other split's size and of the layout
+(Cityscapes' or ADE20K's, ``_sample_paths``; ADE20K images are JPEG, quality 95). A manifest
+in the root records the parameters; generating again the same set is a no-op.
 """
 
 from __future__ import annotations

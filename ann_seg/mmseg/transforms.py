@@ -5,7 +5,7 @@
 return ``None`` for a file that cannot be used, so mmengine's ``BaseDataset`` draws another
 sample; each skipped file is logged once per process, with the reason and the running count,
 shared with the data loader's workers (``SkippedSamplesHook`` logs it). Train pipelines only.
-The synthetic-set configs use them; for the others see README, "Reliability".
+The synthetic-set configs use them; for the others see docs/reliability.md.
 """
 
 import hashlib
