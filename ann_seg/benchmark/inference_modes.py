@@ -108,29 +108,28 @@ def compare_inference_modes(
             _predict(model, images[0][1], speed)
     times: Dict[str, List[float]] = {m: [] for m in modes}
     stats = {m: dict(equal=0, pixels=0, worst=1.0, logit_rel=0.0) for m in modes}
-    bar = Progress(len(images) * len(modes), enabled=progress)
-    for index, (_, image) in enumerate(images):
-        shift = index % len(modes)
-        outputs = {}
-        for mode in modes[shift:] + modes[:shift]:
-            model, speed = models[mode]
-            synchronize(device)
-            start = time.perf_counter()
-            outputs[mode] = _predict(model, image, speed)
-            synchronize(device)
-            times[mode].append(time.perf_counter() - start)
-            bar.update()
-        ref_label, ref_logits = outputs[REFERENCE_MODE]
-        ref_norm = float(np.linalg.norm(ref_logits)) or 1.0
-        for mode, (label, logits) in outputs.items():
-            equal = int((label == ref_label).sum())
-            logit_rel = float(np.linalg.norm(logits - ref_logits)) / ref_norm
-            s = stats[mode]
-            s["equal"] += equal
-            s["pixels"] += label.size
-            s["worst"] = min(s["worst"], equal / label.size)
-            s["logit_rel"] = max(s["logit_rel"], logit_rel)
-    bar.close()
+    with Progress(len(images) * len(modes), enabled=progress) as bar:
+        for index, (_, image) in enumerate(images):
+            shift = index % len(modes)
+            outputs = {}
+            for mode in modes[shift:] + modes[:shift]:
+                model, speed = models[mode]
+                synchronize(device)
+                start = time.perf_counter()
+                outputs[mode] = _predict(model, image, speed)
+                synchronize(device)
+                times[mode].append(time.perf_counter() - start)
+                bar.update()
+            ref_label, ref_logits = outputs[REFERENCE_MODE]
+            ref_norm = float(np.linalg.norm(ref_logits)) or 1.0
+            for mode, (label, logits) in outputs.items():
+                equal = int((label == ref_label).sum())
+                logit_rel = float(np.linalg.norm(logits - ref_logits)) / ref_norm
+                s = stats[mode]
+                s["equal"] += equal
+                s["pixels"] += label.size
+                s["worst"] = min(s["worst"], equal / label.size)
+                s["logit_rel"] = max(s["logit_rel"], logit_rel)
 
     ref_median = statistics.median(times[REFERENCE_MODE])
     rows = []

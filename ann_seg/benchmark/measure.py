@@ -149,24 +149,23 @@ def time_interleaved(
     """
     if repeat < 1 or warmup < 0:
         raise ValueError(f"need repeat >= 1 and warmup >= 0, got {repeat} and {warmup}")
-    bar = Progress(len(cases) * (warmup + repeat), enabled=progress)
-    for round_index in range(warmup + repeat):
-        shift = round_index % max(len(cases), 1)
-        for case in list(cases[shift:]) + list(cases[:shift]):
-            if case.ok:
-                try:
-                    synchronize(device)
-                    start = time.perf_counter()
-                    case.step()
-                    synchronize(device)
-                    elapsed = time.perf_counter() - start
-                except Exception as error:  # reported per case; the others are still measured
-                    case.error = error
-                else:
-                    if round_index >= warmup:
-                        case.times.append(elapsed)
-            bar.update()
-    bar.close()
+    with Progress(len(cases) * (warmup + repeat), enabled=progress) as bar:
+        for round_index in range(warmup + repeat):
+            shift = round_index % max(len(cases), 1)
+            for case in list(cases[shift:]) + list(cases[:shift]):
+                if case.ok:
+                    try:
+                        synchronize(device)
+                        start = time.perf_counter()
+                        case.step()
+                        synchronize(device)
+                        elapsed = time.perf_counter() - start
+                    except Exception as error:  # reported per case; the others are still measured
+                        case.error = error
+                    else:
+                        if round_index >= warmup:
+                            case.times.append(elapsed)
+                bar.update()
 
 
 def format_error(error: BaseException) -> str:

@@ -98,21 +98,25 @@ class AttentionFusionBlock(nn.Module):
         concatenation and the fusion GEMM's ``C_a`` columns: per position ``C_out (C_v + C_in)``
         multiply-adds instead of ``C_a C_v + C_out (C_a + C_in)``. Equal to the plain path up
         to float rounding; gradients reach ``W_o``, ``b_o`` and ``W_f``."""
-        out_proj, conv = self.attention.out_proj, self.fuse.conv
-        w_out = out_proj.weight.flatten(1)  # (C_a, C_v)
-        w_fuse = conv.weight.flatten(1)  # (C_out, fuse_in)
-        attn_out = w_out.shape[0]
-        w_a = w_fuse[:, :attn_out]
-        w_x = w_fuse[:, attn_out:] if self.fusion == "concat" else w_fuse
-        bias = w_a @ out_proj.bias
-        if conv.bias is not None:
-            bias = bias + conv.bias
+        w_out, w_a, w_x = self._fusion_weights()
+        bias = w_a @ self.attention.out_proj.bias
+        if self.fuse.conv.bias is not None:
+            bias = bias + self.fuse.conv.bias
         out = fused_linear(self.attention.tokens(x, x_kv), x, w_a @ w_out, w_x, bias)
         for name in ("norm", "act"):
             layer = getattr(self.fuse, name, None)
             if layer is not None:
                 out = layer(out)
         return out
+
+    def _fusion_weights(self):
+        """``(W_o (C_a, C_v), W_fa (C_out, C_a), W_fb (C_out, C_in))``: the output projection
+        and the fusion conv's columns that take its output and ``X`` (``add``: both ``W_f``)."""
+        w_out = self.attention.out_proj.weight.flatten(1)
+        w_fuse = self.fuse.conv.weight.flatten(1)
+        w_a = w_fuse[:, : w_out.shape[0]]
+        w_x = w_fuse[:, w_out.shape[0] :] if self.fusion == "concat" else w_fuse
+        return w_out, w_a, w_x
 
     @torch.no_grad()
     def fold_(self) -> "AttentionFusionBlock":
@@ -127,19 +131,14 @@ class AttentionFusionBlock(nn.Module):
             raise RuntimeError(f"{type(self).__name__}.fold_() is for inference: call eval() first")
         if self.folded:
             return self
-        w_out = self.attention.out_proj.weight.flatten(1)  # (attn_out, value)
-        b_out = self.attention.out_proj.bias
-        conv = self.fuse.conv
-        w_fuse = conv.weight.flatten(1)  # (out, fuse_in)
-        b_fuse = conv.bias if conv.bias is not None else w_fuse.new_zeros(w_fuse.shape[0])
-        scale, shift = _affine_of_norm(getattr(self.fuse, "norm", None), w_fuse.shape[0], w_fuse)
-        attn_out = w_out.shape[0]
-        w_a = w_fuse[:, :attn_out]
-        w_x = w_fuse[:, attn_out:] if self.fusion == "concat" else w_fuse
+        w_out, w_a, w_x = self._fusion_weights()
+        b_fuse = self.fuse.conv.bias
+        b_fuse = w_a.new_zeros(w_a.shape[0]) if b_fuse is None else b_fuse
+        scale, shift = _affine_of_norm(getattr(self.fuse, "norm", None), w_a.shape[0], w_a)
         self.fuse = FoldedFusion(
             (w_a @ w_out) * scale[:, None],
             w_x * scale[:, None],
-            (w_a @ b_out + b_fuse) * scale + shift,
+            (w_a @ self.attention.out_proj.bias + b_fuse) * scale + shift,
             getattr(self.fuse, "act", None),
         )
         self.attention.out_proj = None  # merged into it

@@ -390,17 +390,16 @@ def generate_long_range_dataset(
 
     os.makedirs(root, exist_ok=True)
     _write_manifest(root, params, complete=False)
-    bar = Progress(num_train + num_val, enabled=progress, stream=sys.stdout)
-    for split, count in (("train", num_train), ("val", num_val)):
-        for index in range(count):
-            sample = render_long_range_sample(
-                seed, split, index, (height, width), num_classes, cue_distance
-            )
-            image_path, label_path = _sample_paths(layout, split, index)
-            image_bytes, label_bytes = _encode_sample(layout, sample)
-            atomic_write_bytes(os.path.join(root, image_path), image_bytes)
-            atomic_write_bytes(os.path.join(root, label_path), label_bytes)
-            bar.update()
-    bar.close()
+    with Progress(num_train + num_val, enabled=progress, stream=sys.stdout) as bar:
+        for split, count in (("train", num_train), ("val", num_val)):
+            for index in range(count):
+                sample = render_long_range_sample(
+                    seed, split, index, (height, width), num_classes, cue_distance
+                )
+                image_path, label_path = _sample_paths(layout, split, index)
+                image_bytes, label_bytes = _encode_sample(layout, sample)
+                atomic_write_bytes(os.path.join(root, image_path), image_bytes)
+                atomic_write_bytes(os.path.join(root, label_path), label_bytes)
+                bar.update()
     _write_manifest(root, params, complete=True)
     return _summary(root, params, generated=True)
