@@ -5,7 +5,6 @@ against the non-local references (> 1 = better). Rows whose estimated peak memor
 budget are skipped (``estimate_peak_bytes``). The method and the paper's: docs/benchmarks.md.
 """
 
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -31,7 +30,7 @@ from .measure import (
     format_error,
     latency_stats,
     measure_peak_memory,
-    time_interleaved,
+    time_and_measure,
 )
 from .report import environment, write_json
 
@@ -237,7 +236,6 @@ class _Row:
     status: str = "ok"
     error: Optional[str] = None
     estimate: Optional[int] = None
-    peak: Optional[int] = None
 
 
 def benchmark_blocks(
@@ -289,23 +287,11 @@ def benchmark_blocks(
         entry.case = TimingCase(spec.name, _eval_step(entry.module, inputs))
 
     cases = [e.case for e in entries if e.case is not None]
-    if progress:
-        print(
-            f"timing {len(cases)} block(s) at {shape[0]}x{shape[1]}: {warmup} warm-up + "
-            f"{repeat} interleaved rounds",
-            file=sys.stderr,
-        )
-    time_interleaved(cases, repeat, warmup, device, progress)
+    what = f"block(s) at {shape[0]}x{shape[1]}"
+    time_and_measure(cases, repeat, warmup, device, progress, what)
     for entry in entries:
-        if entry.case is None:
-            continue
-        if not entry.case.ok:
+        if entry.case is not None and not entry.case.ok:
             entry.status, entry.error = "error", format_error(entry.case.error)
-            continue
-        try:
-            entry.peak = measure_peak_memory(entry.case.step, device)
-        except Exception as error:
-            entry.status, entry.error = "error", format_error(error)
 
     results = [_row_dict(entry) for entry in entries]
     _add_net_and_ratios(results)
@@ -336,7 +322,7 @@ def _row_dict(entry: _Row) -> Dict[str, Any]:
     row.update(
         time_ms=latency_stats(entry.case.times),
         times_ms=[t * 1e3 for t in entry.case.times],
-        peak_mib=entry.peak / MIB,
+        peak_mib=entry.case.peak_bytes / MIB,
     )
     return row
 

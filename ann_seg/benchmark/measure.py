@@ -116,12 +116,15 @@ def measure_peak_memory(step: Callable[[], Any], device: str = "cpu") -> int:
 
 @dataclass
 class TimingCase:
-    """One thing to time: ``step()`` runs one iteration (the caller sets no_grad etc. inside)."""
+    """One thing to time: ``step()`` runs one iteration (the caller sets no_grad etc. inside);
+    ``time_and_measure`` also fills ``peak_bytes`` unless ``measure_memory`` is False."""
 
     name: str
     step: Callable[[], Any]
     times: List[float] = field(default_factory=list)
     error: Optional[BaseException] = None
+    measure_memory: bool = True
+    peak_bytes: Optional[int] = None
 
     @property
     def ok(self) -> bool:
@@ -168,6 +171,28 @@ def time_interleaved(
                 bar.update()
 
 
+def time_and_measure(
+    cases: Sequence[TimingCase],
+    repeat: int,
+    warmup: int,
+    device: str = "cpu",
+    progress: bool = True,
+    what: str = "case(s)",
+) -> None:
+    """``time_interleaved`` (announced on stderr with ``progress``), then the peak memory of one
+    more step of every case that ran (``case.peak_bytes``; a failure goes to ``case.error``)."""
+    if progress:
+        rounds = f"{warmup} warm-up + {repeat} interleaved rounds"
+        print(f"timing {len(cases)} {what}: {rounds}", file=sys.stderr)
+    time_interleaved(cases, repeat, warmup, device, progress)
+    for case in cases:
+        if case.ok and case.measure_memory:
+            try:
+                case.peak_bytes = measure_peak_memory(case.step, device)
+            except Exception as error:
+                case.error = error
+
+
 def format_error(error: BaseException) -> str:
     """``'TypeName: message'`` on one line, at most 300 characters."""
     text = " ".join(f"{type(error).__name__}: {error}".split())
@@ -194,4 +219,5 @@ def reference_conv_case(device: str = "cpu") -> Tuple[TimingCase, float]:
         with torch.no_grad():
             conv(x)
 
-    return TimingCase("reference conv", step), 2.0 * c_in * c_out * 9 * shape[0] * shape[1]
+    flops = 2.0 * c_in * c_out * 9 * shape[0] * shape[1]
+    return TimingCase("reference conv", step, measure_memory=False), flops

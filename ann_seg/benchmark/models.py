@@ -35,9 +35,8 @@ from .measure import (
     TimingCase,
     format_error,
     latency_stats,
-    measure_peak_memory,
     reference_conv_case,
-    time_interleaved,
+    time_and_measure,
 )
 from .report import config_table, environment, plot_latency_memory, settings_line, write_json
 
@@ -348,7 +347,6 @@ class _Entry:
     case: Optional[TimingCase] = None
     error: Optional[str] = None
     stage: Optional[str] = None
-    peak_bytes: Optional[int] = None
     reference_gflop_s: Optional[float] = None
     row: Optional[Dict[str, Any]] = None
 
@@ -414,13 +412,8 @@ def _measure_group(
     if settings.flop_rate:  # timed in the same rounds, so machine noise hits it alike
         reference, reference_flops = reference_conv_case(settings.device)
         cases.append(reference)
-    if progress:
-        print(
-            f"timing {len(cases)} config(s) at {shape[0]}x{shape[1]}: {settings.warmup} "
-            f"warm-up + {settings.repeat} interleaved rounds",
-            file=sys.stderr,
-        )
-    time_interleaved(cases, settings.repeat, settings.warmup, settings.device, progress)
+    what = f"config(s) at {shape[0]}x{shape[1]}"
+    time_and_measure(cases, settings.repeat, settings.warmup, settings.device, progress, what)
     if reference is not None and reference.ok:
         rate = reference_flops / latency_stats(reference.times)["median"] * 1e3 / 1e9
         for entry in group:
@@ -428,11 +421,6 @@ def _measure_group(
     for entry in group:
         if entry.case is not None and not entry.case.ok:
             entry.error, entry.stage = format_error(entry.case.error), "run"
-        if entry.error is None:
-            try:
-                entry.peak_bytes = measure_peak_memory(entry.part_step.step, settings.device)
-            except Exception as error:
-                entry.error, entry.stage = format_error(error), "run"
     if progress and settings.flops:
         print("counting parameters and FLOPs", file=sys.stderr)
     for entry in group:
@@ -463,7 +451,7 @@ def _result_row(entry: _Entry, settings: BenchmarkSettings) -> Dict[str, Any]:
         latency_ms=stats,
         times_ms=[t * 1e3 for t in case.times],
         throughput_img_s=settings.batch_size / (stats["median"] / 1e3),
-        peak_memory_mib=entry.peak_bytes / MIB,
+        peak_memory_mib=case.peak_bytes / MIB,
         params_m=parameter_count(step.module)[""] / 1e6,
         flops_g=None,
         activations_m=None,
