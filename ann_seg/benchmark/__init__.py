@@ -1,9 +1,5 @@
-"""The config-driven benchmarks: configs (models, backbones, heads), the block family and
-inference modes. ``ann-seg benchmark``, ``benchmark-blocks`` and ``benchmark-inference`` parse
-arguments and call ``run_benchmark``, ``run_block_benchmark``, ``compare_inference_modes``; see
-docs/benchmarks.md. The head study and folder-throughput harnesses live in the repository's
-``research/``.
-"""
+"""The benchmarks of configs, of the block family and of inference modes, behind ``ann-seg
+benchmark``, ``benchmark-blocks`` and ``benchmark-inference`` (docs/benchmarks.md)."""
 
 from .measure import (
     PeakMemoryTracker,

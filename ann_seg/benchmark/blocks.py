@@ -1,23 +1,10 @@
-"""Block-level efficiency comparison after the ANN paper (``ann-seg benchmark-blocks``).
-
-Zhu et al. (ICCV 2019) report that for a 256x128 input APNB is ~6x faster than a non-local
-block on a GPU and uses ~28x less memory. Their script (MendelXu/ANN, efficiency_statics/)
-feeds ``[1, 2048, H, W]`` to each block in eval mode under ``no_grad``, with key and value
-channels 256, takes the mean time of 20 runs and ``max_memory_allocated``, and subtracts the
-time and memory of an identity block. Their two blocks are *attention units* (query/key conv
-+ BN + ReLU shared, value conv, ``softmax(q k^T / sqrt(256)) v``, output conv to 2048; APNB
-with pyramid-pooled keys/values, NL with all positions); no fusion conv.
-
-Here every row runs on the same input, timed interleaved with the identity baseline (see
-``measure.time_interleaved``); reported: mean/median/min/max time, peak memory of one extra
-step (``measure.PeakMemoryTracker``), both also minus the identity's (``net``), and the ratios
-``ref / row`` of the net values against the non-local references (speed-up and memory
-saving, > 1 = better than the reference). Rows whose estimated peak memory exceeds a budget
-are skipped; the estimate scales a probe at a quarter of each side: linearly in the number of
-positions ``N``, plus the row's ``N x N`` matrices (see ``estimate_peak_bytes``).
+"""Block-level efficiency comparison after the ANN paper (``ann-seg benchmark-blocks``): every
+row on the same input, timed interleaved with an identity baseline, peak memory of one extra
+step, both also minus the identity's (``net``), and ``ref / row`` ratios of the net values
+against the non-local references (> 1 = better). Rows whose estimated peak memory exceeds a
+budget are skipped (``estimate_peak_bytes``). The method and the paper's: docs/benchmarks.md.
 """
 
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -43,13 +30,18 @@ from .measure import (
     format_error,
     latency_stats,
     measure_peak_memory,
-    time_interleaved,
+    time_and_measure,
 )
 from .report import environment, write_json
 
 DEFAULT_SHAPE = (128, 256)
 REFERENCES = ("nl_explicit", "nl_sdpa")
 PAPER = dict(speedup=6.0, memory_saving=28.0, shape=(128, 256), device="GPU")
+PAPER_PAIRS = dict(  # label: (block, reference); the paper measured the attention units
+    attention_units=("apnb_attention", "nl_attention"),
+    full_blocks=("apnb", "nl_explicit"),
+    full_blocks_sdpa=("apnb", "nl_sdpa"),
+)
 
 
 @dataclass
@@ -74,15 +66,6 @@ class BlockSpec:
     nxn_matrices: Optional[int] = 0
 
 
-def _nl(backend: str) -> Callable[[BlockDims], nn.Module]:
-    def build(d: BlockDims) -> nn.Module:
-        return NonLocalBlock(
-            d.in_channels, d.key_channels, mode="embedded_gaussian", backend=backend
-        )
-
-    return build
-
-
 def _attention_unit(pyramid: bool, backend: str) -> Callable[[BlockDims], nn.Module]:
     """The authors' measured unit (efficiency_statics/block/{apnb,base_oc_block}.py)."""
 
@@ -102,24 +85,6 @@ def _attention_unit(pyramid: bool, backend: str) -> Callable[[BlockDims], nn.Mod
         )
 
     return build
-
-
-def _cgnl(d: BlockDims) -> nn.Module:
-    return CGNLBlock(d.in_channels, d.key_channels, groups=8)
-
-
-def _apnb(d: BlockDims) -> nn.Module:
-    return APNB(d.in_channels, d.in_channels, d.key_channels)
-
-
-def _afnb(d: BlockDims) -> nn.Module:
-    return AFNB(d.low_channels, d.in_channels, d.in_channels, d.key_channels)
-
-
-def _mmcv_nonlocal(d: BlockDims) -> nn.Module:
-    return NonLocal2d(
-        d.in_channels, reduction=d.in_channels // d.key_channels, mode="embedded_gaussian"
-    )
 
 
 def _mmseg_apnb(d: BlockDims) -> nn.Module:
@@ -142,23 +107,29 @@ BLOCKS: List[BlockSpec] = [
     BlockSpec(
         "nl_explicit",
         "NonLocalBlock, embedded Gaussian, backend='explicit' (N x N matrix)",
-        _nl("explicit"),
+        lambda d: NonLocalBlock(d.in_channels, d.key_channels, backend="explicit"),
         nxn_matrices=2,
     ),
     BlockSpec(
         "nl_sdpa",
         "NonLocalBlock, embedded Gaussian, backend='sdpa'",
-        _nl("sdpa"),
+        lambda d: NonLocalBlock(d.in_channels, d.key_channels, backend="sdpa"),
         nxn_matrices=None,
     ),
-    BlockSpec("cgnl", "CGNLBlock, Gaussian kernel, order 3, 8 groups", _cgnl),
     BlockSpec(
-        "apnb", "APNB: pyramid attention + concat fusion (1x1 conv 2C -> C, BN, ReLU)", _apnb
+        "cgnl",
+        "CGNLBlock, Gaussian kernel, order 3, 8 groups",
+        lambda d: CGNLBlock(d.in_channels, d.key_channels, groups=8),
+    ),
+    BlockSpec(
+        "apnb",
+        "APNB: pyramid attention + concat fusion (1x1 conv 2C -> C, BN, ReLU)",
+        lambda d: APNB(d.in_channels, d.in_channels, d.key_channels),
     ),
     BlockSpec(
         "afnb",
         "AFNB: queries from the high-level map, anchors from a low-level map",
-        _afnb,
+        lambda d: AFNB(d.low_channels, d.in_channels, d.in_channels, d.key_channels),
         pair=True,
     ),
     BlockSpec(
@@ -175,7 +146,7 @@ BLOCKS: List[BlockSpec] = [
     BlockSpec(
         "mmcv_nonlocal2d",
         "mmcv.cnn.NonLocal2d, embedded Gaussian (N x N matrix)",
-        _mmcv_nonlocal,
+        lambda d: NonLocal2d(d.in_channels, reduction=d.in_channels // d.key_channels),
         nxn_matrices=2,
     ),
     BlockSpec(
@@ -196,13 +167,12 @@ def block_inputs(
     """Random ``(x,)`` or ``(x_low, x_high)`` for ``spec``; ``shared`` caches them so that
     every row sees the same tensors (and they exist once)."""
     shared = {} if shared is None else shared
-    if "x" not in shared:
-        shared["x"] = torch.randn(batch_size, dims.in_channels, *shape, device=device)
-    if not spec.pair:
-        return (shared["x"],)
-    if "x_low" not in shared:
-        shared["x_low"] = torch.randn(batch_size, dims.low_channels, *shape, device=device)
-    return shared["x_low"], shared["x"]
+    names = ("x_low", "x") if spec.pair else ("x",)
+    for name in names:
+        if name not in shared:
+            channels = dims.low_channels if name == "x_low" else dims.in_channels
+            shared[name] = torch.randn(batch_size, channels, *shape, device=device)
+    return tuple(shared[name] for name in names)
 
 
 def _eval_step(module: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> Callable[[], None]:
@@ -262,12 +232,10 @@ def estimate_peak_bytes(
 class _Row:
     spec: BlockSpec
     module: Optional[nn.Module] = None
-    inputs: Optional[tuple] = None
     case: Optional[TimingCase] = None
     status: str = "ok"
     error: Optional[str] = None
     estimate: Optional[int] = None
-    peak: Optional[int] = None
 
 
 def benchmark_blocks(
@@ -281,7 +249,7 @@ def benchmark_blocks(
     max_memory_gb: Optional[float] = 4.0,
     progress: bool = True,
 ) -> Dict[str, Any]:
-    """Run the block comparison; returns ``dict(rows=[...], paper_comparison={...})``.
+    """Run the block comparison; returns ``dict(settings=..., rows=[...], paper_comparison=...)``.
 
     ``rows``: names from ``BLOCK_NAMES`` (default all; ``identity`` is always added).
     ``max_memory_gb``: skip rows whose estimated peak exceeds it (``None``: no limit).
@@ -315,31 +283,28 @@ def benchmark_blocks(
                 f"--max-memory-gb {max_memory_gb:g}"
             )
             continue
-        entry.inputs = block_inputs(spec, dims, shape, batch_size, device, shared_inputs)
-        entry.case = TimingCase(spec.name, _eval_step(entry.module, entry.inputs))
+        inputs = block_inputs(spec, dims, shape, batch_size, device, shared_inputs)
+        entry.case = TimingCase(spec.name, _eval_step(entry.module, inputs))
 
     cases = [e.case for e in entries if e.case is not None]
-    if progress:
-        print(
-            f"timing {len(cases)} block(s) at {shape[0]}x{shape[1]}: {warmup} warm-up + "
-            f"{repeat} interleaved rounds",
-            file=sys.stderr,
-        )
-    time_interleaved(cases, repeat, warmup, device, progress)
+    what = f"block(s) at {shape[0]}x{shape[1]}"
+    time_and_measure(cases, repeat, warmup, device, progress, what)
     for entry in entries:
-        if entry.case is None:
-            continue
-        if not entry.case.ok:
+        if entry.case is not None and not entry.case.ok:
             entry.status, entry.error = "error", format_error(entry.case.error)
-            continue
-        try:
-            entry.peak = measure_peak_memory(entry.case.step, device)
-        except Exception as error:
-            entry.status, entry.error = "error", format_error(error)
 
     results = [_row_dict(entry) for entry in entries]
     _add_net_and_ratios(results)
-    return dict(rows=results, paper_comparison=_paper_comparison(results))
+    settings = dict(
+        shape=list(shape),
+        batch_size=batch_size,
+        repeat=repeat,
+        warmup=warmup,
+        device=device,
+        max_memory_gb=max_memory_gb,
+        **vars(dims),
+    )
+    return dict(settings=settings, rows=results, paper_comparison=_paper_comparison(results))
 
 
 def _row_dict(entry: _Row) -> Dict[str, Any]:
@@ -357,7 +322,7 @@ def _row_dict(entry: _Row) -> Dict[str, Any]:
     row.update(
         time_ms=latency_stats(entry.case.times),
         times_ms=[t * 1e3 for t in entry.case.times],
-        peak_mib=entry.peak / MIB,
+        peak_mib=entry.case.peak_bytes / MIB,
     )
     return row
 
@@ -387,11 +352,7 @@ def _paper_comparison(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     """APNB vs NL as the authors measured (attention units), next to the paper's figures."""
     by_name = {r["name"]: r for r in rows if r["status"] == "ok"}
     result: Dict[str, Any] = dict(paper=PAPER)
-    for label, (ours, ref) in dict(
-        attention_units=("apnb_attention", "nl_attention"),
-        full_blocks=("apnb", "nl_explicit"),
-        full_blocks_sdpa=("apnb", "nl_sdpa"),
-    ).items():
+    for label, (ours, ref) in PAPER_PAIRS.items():
         if ours in by_name and ref in by_name:
             a, b = by_name[ours], by_name[ref]
             result[label] = dict(
@@ -409,57 +370,24 @@ def block_table(result: Dict[str, Any]) -> str:
     def fmt(value, spec="{:.1f}"):
         return "–" if value is None else spec.format(value)
 
-    header = [
-        "block",
-        "time ms (mean)",
-        "median",
-        "net ms",
-        "peak MiB",
-        "net MiB",
-        "est. MiB",
-        "params M",
-        "speed-up vs NL",
-        "mem. saving vs NL",
-        "speed-up vs NL-SDPA",
-        "mem. saving vs NL-SDPA",
-    ]
+    header = ["block", "time ms (mean)", "median", "net ms", "peak MiB", "net MiB", "est. MiB"]
+    header += ["params M", "speed-up vs NL", "mem. saving vs NL"]
+    header += ["speed-up vs NL-SDPA", "mem. saving vs NL-SDPA"]
     body = []
     for row in result["rows"]:
+        sizes = [fmt(row.get("estimate_mib"), "{:.0f}"), fmt(row.get("params_m"), "{:.2f}")]
         if row["status"] != "ok":
-            body.append(
-                [
-                    row["name"],
-                    f"**{row['status']}**: {row['error']}",
-                    "",
-                    "",
-                    "",
-                    "",
-                    fmt(row.get("estimate_mib"), "{:.0f}"),
-                    fmt(row.get("params_m"), "{:.2f}"),
-                    "",
-                    "",
-                    "",
-                    "",
-                ]
-            )
+            status = f"**{row['status']}**: {row['error']}"
+            body.append([row["name"], status, "", "", "", "", *sizes, "", "", "", ""])
             continue
-        speed, mem = row["speedup_vs"], row["memory_saving_vs"]
-        body.append(
-            [
-                row["name"],
-                fmt(row["time_ms"]["mean"]),
-                fmt(row["time_ms"]["median"]),
-                fmt(row["net_time_ms"]),
-                fmt(row["peak_mib"]),
-                fmt(row["net_peak_mib"]),
-                fmt(row["estimate_mib"], "{:.0f}"),
-                fmt(row.get("params_m"), "{:.2f}"),
-                fmt(speed.get("nl_explicit"), "{:.2f}"),
-                fmt(mem.get("nl_explicit"), "{:.2f}"),
-                fmt(speed.get("nl_sdpa"), "{:.2f}"),
-                fmt(mem.get("nl_sdpa"), "{:.2f}"),
-            ]
-        )
+        times = (row["time_ms"]["mean"], row["time_ms"]["median"], row["net_time_ms"])
+        ratios = [
+            fmt(row[kind].get(reference), "{:.2f}")
+            for reference in REFERENCES
+            for kind in ("speedup_vs", "memory_saving_vs")
+        ]
+        peaks = (row["peak_mib"], row["net_peak_mib"])
+        body.append([row["name"], *map(fmt, times), *map(fmt, peaks), *sizes, *ratios])
     return markdown_table(header, body)
 
 
@@ -472,16 +400,13 @@ def ratio_words(ratio: Optional[float], better: str, worse: str, what: str) -> s
     return f"{1 / ratio:.2f}x {worse}"
 
 
-def paper_lines(
-    result: Dict[str, Any],
-    shape: Optional[Tuple[int, int]] = None,
-) -> List[str]:
+def paper_lines(result: Dict[str, Any], shape: Optional[Tuple[int, int]] = None) -> List[str]:
     """Plain-text summary of ``paper_comparison``: each pair as "Nx faster/slower, Nx less/more
     memory". The paper's figures are quoted only beside the pair it measured (the attention
     units) and only at its input size, with its device (a GPU)."""
     comparison, lines = result["paper_comparison"], []
     paper = comparison["paper"]
-    for label in ("attention_units", "full_blocks", "full_blocks_sdpa"):
+    for label in PAPER_PAIRS:
         item = comparison.get(label)
         if item is None:
             continue
@@ -506,47 +431,25 @@ def paper_lines(
     return lines
 
 
-def run_block_benchmark(
-    shape: Tuple[int, int] = DEFAULT_SHAPE,
-    dims: Optional[BlockDims] = None,
-    rows: Optional[Sequence[str]] = None,
-    batch_size: int = 1,
-    repeat: int = 10,
-    warmup: int = 2,
-    device: str = "cpu",
-    max_memory_gb: Optional[float] = 4.0,
-    json_path: Optional[str] = None,
-    progress: bool = True,
-) -> int:
-    """``ann-seg benchmark-blocks``: measure, print the table and the paper comparison,
-    write JSON. Returns 1 if a row failed (skipped rows are not failures), else 0."""
-
-    dims = dims or BlockDims()
-    meta = environment(device)
-    result = benchmark_blocks(
-        shape, dims, rows, batch_size, repeat, warmup, device, max_memory_gb, progress
-    )
+def run_block_benchmark(json_path: Optional[str] = None, **options) -> int:
+    """``ann-seg benchmark-blocks``: ``benchmark_blocks(**options)``, print the table and the
+    paper comparison, write JSON. Returns 1 if a row failed (skipped rows are not failures)."""
+    meta = environment(options.get("device", "cpu"))  # load average before our own load
+    result = benchmark_blocks(**options)
+    settings = result["settings"]
+    batch, (height, width) = settings["batch_size"], settings["shape"]
     print(
-        f"input [{batch_size}, {dims.in_channels}, {shape[0]}, {shape[1]}] (AFNB low: "
-        f"{dims.low_channels} ch), key/value {dims.key_channels} ch, eval + no_grad, "
-        f"{device}, {meta['threads']} thread(s), load {meta['load_average'][0]:.1f}; "
-        f"{repeat} interleaved rounds after {warmup} warm-up; net = minus identity; "
-        f"NL = nl_explicit"
+        f"input [{batch}, {settings['in_channels']}, {height}, {width}] (AFNB low: "
+        f"{settings['low_channels']} ch), key/value {settings['key_channels']} ch, eval + "
+        f"no_grad, {settings['device']}, {meta['threads']} thread(s), load "
+        f"{meta['load_average'][0]:.1f}; {settings['repeat']} interleaved rounds after "
+        f"{settings['warmup']} warm-up; net = minus identity; NL = nl_explicit"
     )
     print()
     print(block_table(result))
     print()
-    for line in paper_lines(result, shape):
+    for line in paper_lines(result, (height, width)):
         print(line)
     if json_path:
-        settings = dict(
-            shape=list(shape),
-            batch_size=batch_size,
-            repeat=repeat,
-            warmup=warmup,
-            device=device,
-            max_memory_gb=max_memory_gb,
-            **vars(dims),
-        )
-        write_json(json_path, dict(meta=meta, settings=settings, **result))
+        write_json(json_path, dict(meta=meta, **result))
     return 1 if any(r["status"] == "error" for r in result["rows"]) else 0

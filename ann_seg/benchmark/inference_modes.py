@@ -1,18 +1,11 @@
 """Inference modes side by side on real images (``ann-seg benchmark-inference``).
 
-Every mode segments the same images through mmseg's ``inference_model`` (the config's test
-pipeline, ``test_cfg``, resize to the image's size), with its own copy of the same weights:
-
-* ``fp32``: the model as trained (the reference every other mode is compared with);
-* any other mode is a chain of the speed policy's suffixes (``ann_seg.mmseg.speed``) applied
-  as ``ann-seg infer`` applies them: ``fast`` (what ``--fast`` runs), ``fuse``, ``bf16``,
-  ``fuse+bf16+cl``, ``amp`` (autocast on the unmodified model: mmseg's AMP), ...; a low
-  precision the hardware does not compute natively is run all the same (and said).
-
-Images are timed interleaved (each image runs in every mode, the order rotated per image) after
-warm-up runs on the first image. Reported per mode: median latency per image, speed-up over
-``float32``, pixel agreement of the label maps with ``float32`` (over all pixels, and the worst
-image) and the relative L2 distance of the logits.
+Every mode (``fp32``, the reference, or a chain of the speed policy's suffixes applied as
+``ann-seg infer`` applies them: ``fast``, ``fuse``, ``bf16``, ``amp``, ``fuse+bf16+cl``, ...)
+segments the same images through mmseg's ``inference_model`` with its own copy of the same
+weights, timed interleaved (the order rotated per image) after warm-up on the first image.
+Reported per mode: median latency, speed-up over ``fp32``, pixel agreement of the label maps
+with ``fp32`` (all pixels and the worst image) and the relative L2 distance of the logits.
 """
 
 import statistics
@@ -30,7 +23,7 @@ from ann_seg.mmseg import build_segmentor
 from ann_seg.mmseg.config import ConfigError
 from ann_seg.mmseg.speed import ResolvedSpeed, apply_inference_speed, split_suffixes
 
-from .measure import synchronize
+from .measure import latency_stats, synchronize
 
 REFERENCE_MODE = "fp32"
 RANDOM_WEIGHTS = "random"
@@ -59,12 +52,10 @@ def load_model(
     """``build_segmentor`` with ``checkpoint``; ``checkpoint='random'``: the config's model
     with random weights (PyTorch's default init, seeded, so every mode gets the same ones), for
     timing and numerical checks of architectures without a trained checkpoint."""
-    if checkpoint != RANDOM_WEIGHTS:
-        return build_segmentor(
-            config, device=device, cfg_options=cfg_options, checkpoint=checkpoint
-        )
-    torch.manual_seed(seed)
-    return build_segmentor(config, device=device, cfg_options=cfg_options)
+    if checkpoint == RANDOM_WEIGHTS:
+        torch.manual_seed(seed)
+        checkpoint = None
+    return build_segmentor(config, device=device, cfg_options=cfg_options, checkpoint=checkpoint)
 
 
 def _read_images(input_path: str, max_images: Optional[int], recursive: bool):
@@ -117,30 +108,28 @@ def compare_inference_modes(
             _predict(model, images[0][1], speed)
     times: Dict[str, List[float]] = {m: [] for m in modes}
     stats = {m: dict(equal=0, pixels=0, worst=1.0, logit_rel=0.0) for m in modes}
-    bar = Progress(len(images) * len(modes), enabled=progress)
-    for index, (_, image) in enumerate(images):
-        shift = index % len(modes)
-        outputs = {}
-        for mode in modes[shift:] + modes[:shift]:
-            model, speed = models[mode]
-            synchronize(device)
-            start = time.perf_counter()
-            outputs[mode] = _predict(model, image, speed)
-            synchronize(device)
-            times[mode].append(time.perf_counter() - start)
-            bar.update()
-        ref_label, ref_logits = outputs[REFERENCE_MODE]
-        ref_norm = float(np.linalg.norm(ref_logits)) or 1.0
-        for mode, (label, logits) in outputs.items():
-            equal = int((label == ref_label).sum())
-            s = stats[mode]
-            s["equal"] += equal
-            s["pixels"] += label.size
-            s["worst"] = min(s["worst"], equal / label.size)
-            s["logit_rel"] = max(
-                s["logit_rel"], float(np.linalg.norm(logits - ref_logits)) / ref_norm
-            )
-    bar.close()
+    with Progress(len(images) * len(modes), enabled=progress) as bar:
+        for index, (_, image) in enumerate(images):
+            shift = index % len(modes)
+            outputs = {}
+            for mode in modes[shift:] + modes[:shift]:
+                model, speed = models[mode]
+                synchronize(device)
+                start = time.perf_counter()
+                outputs[mode] = _predict(model, image, speed)
+                synchronize(device)
+                times[mode].append(time.perf_counter() - start)
+                bar.update()
+            ref_label, ref_logits = outputs[REFERENCE_MODE]
+            ref_norm = float(np.linalg.norm(ref_logits)) or 1.0
+            for mode, (label, logits) in outputs.items():
+                equal = int((label == ref_label).sum())
+                logit_rel = float(np.linalg.norm(logits - ref_logits)) / ref_norm
+                s = stats[mode]
+                s["equal"] += equal
+                s["pixels"] += label.size
+                s["worst"] = min(s["worst"], equal / label.size)
+                s["logit_rel"] = max(s["logit_rel"], logit_rel)
 
     ref_median = statistics.median(times[REFERENCE_MODE])
     rows = []
@@ -151,9 +140,7 @@ def compare_inference_modes(
             dict(
                 mode=mode,
                 speed=models[mode][1].record(),
-                latency_ms=dict(
-                    median=median * 1e3, min=min(times[mode]) * 1e3, max=max(times[mode]) * 1e3
-                ),
+                latency_ms=latency_stats(times[mode]),
                 img_s=1.0 / median,
                 speedup=ref_median / median,
                 pixel_agreement=s["equal"] / s["pixels"],
@@ -179,15 +166,8 @@ def compare_inference_modes(
 
 def modes_table(result: Dict[str, Any]) -> str:
     """Markdown table of ``compare_inference_modes``'s rows."""
-    header = [
-        "mode",
-        "ms / image (median)",
-        "img/s",
-        "× speed",
-        "pixel agreement",
-        "worst image",
-        "logits rel. L2 (max)",
-    ]
+    header = ["mode", "ms / image (median)", "img/s", "× speed", "pixel agreement"]
+    header += ["worst image", "logits rel. L2 (max)"]
     body = [
         [
             row["mode"],

@@ -1,15 +1,10 @@
-"""Timing and peak-memory measurement shared by the model and block benchmarks.
+"""Timing and peak-memory measurement shared by the benchmarks (method: docs/benchmarks.md).
 
-* Time: wall clock (``time.perf_counter``) around one step, after ``torch.cuda.synchronize`` on
-  CUDA. Cases are timed *interleaved*: every repeat runs each case once, in an order rotated by
-  one case per repeat, so slow phases of a shared, noisy machine hit every case alike.
-* Peak memory: the peak of live tensor bytes during one step, above the level at its start
-  (so weights and inputs that already exist are not counted; activations, workspaces and, in
-  training, gradients are). CUDA: ``torch.cuda.max_memory_allocated`` after
-  ``reset_peak_memory_stats``. CPU: ``torch.profiler`` with ``profile_memory=True`` records every
-  allocation and free of PyTorch's CPU allocator (including temporaries inside kernels, e.g.
-  the N x N matrix of a math attention); their running sum in time order gives the peak.
-  Memory is measured in a separate step after the timed ones (the profiler slows a step down).
+* Time: wall clock around one step (synchronised on CUDA); cases are timed *interleaved*, the
+  order rotated by one case per round, so slow phases of a noisy machine hit every case alike.
+* Peak memory: the peak of live tensor bytes during one step above the level at its start.
+  CUDA: ``max_memory_allocated``; CPU: the running sum of ``torch.profiler``'s allocator
+  events (temporaries inside kernels included). Measured in a step of its own.
 """
 
 import contextlib
@@ -49,13 +44,10 @@ class PeakMemoryTracker:
 
     def __init__(self, device: str = "cpu"):
         self.device = str(device)
+        self.is_cuda = self.device.startswith("cuda")
         self.peak_bytes: Optional[int] = None
         self._profiler = None
         self._base = 0
-
-    @property
-    def is_cuda(self) -> bool:
-        return self.device.startswith("cuda")
 
     def __enter__(self) -> "PeakMemoryTracker":
         if self.is_cuda:
@@ -77,10 +69,6 @@ class PeakMemoryTracker:
             self._profiler.__exit__(*exc_info)
         if exc_info[0] is None:
             self.peak_bytes = _cpu_peak_from_profile(self._profiler)
-
-    @property
-    def peak_mib(self) -> float:
-        return self.peak_bytes / MIB
 
 
 @contextlib.contextmanager
@@ -128,12 +116,15 @@ def measure_peak_memory(step: Callable[[], Any], device: str = "cpu") -> int:
 
 @dataclass
 class TimingCase:
-    """One thing to time: ``step()`` runs one iteration (the caller sets no_grad etc. inside)."""
+    """One thing to time: ``step()`` runs one iteration (the caller sets no_grad etc. inside);
+    ``time_and_measure`` also fills ``peak_bytes`` unless ``measure_memory`` is False."""
 
     name: str
     step: Callable[[], Any]
     times: List[float] = field(default_factory=list)
     error: Optional[BaseException] = None
+    measure_memory: bool = True
+    peak_bytes: Optional[int] = None
 
     @property
     def ok(self) -> bool:
@@ -161,24 +152,45 @@ def time_interleaved(
     """
     if repeat < 1 or warmup < 0:
         raise ValueError(f"need repeat >= 1 and warmup >= 0, got {repeat} and {warmup}")
-    bar = Progress(len(cases) * (warmup + repeat), enabled=progress)
-    for round_index in range(warmup + repeat):
-        shift = round_index % max(len(cases), 1)
-        for case in list(cases[shift:]) + list(cases[:shift]):
-            if case.ok:
-                try:
-                    synchronize(device)
-                    start = time.perf_counter()
-                    case.step()
-                    synchronize(device)
-                    elapsed = time.perf_counter() - start
-                except Exception as error:  # reported per case; the others are still measured
-                    case.error = error
-                else:
-                    if round_index >= warmup:
-                        case.times.append(elapsed)
-            bar.update()
-    bar.close()
+    with Progress(len(cases) * (warmup + repeat), enabled=progress) as bar:
+        for round_index in range(warmup + repeat):
+            shift = round_index % max(len(cases), 1)
+            for case in list(cases[shift:]) + list(cases[:shift]):
+                if case.ok:
+                    try:
+                        synchronize(device)
+                        start = time.perf_counter()
+                        case.step()
+                        synchronize(device)
+                        elapsed = time.perf_counter() - start
+                    except Exception as error:  # reported per case; the others are still measured
+                        case.error = error
+                    else:
+                        if round_index >= warmup:
+                            case.times.append(elapsed)
+                bar.update()
+
+
+def time_and_measure(
+    cases: Sequence[TimingCase],
+    repeat: int,
+    warmup: int,
+    device: str = "cpu",
+    progress: bool = True,
+    what: str = "case(s)",
+) -> None:
+    """``time_interleaved`` (announced on stderr with ``progress``), then the peak memory of one
+    more step of every case that ran (``case.peak_bytes``; a failure goes to ``case.error``)."""
+    if progress:
+        rounds = f"{warmup} warm-up + {repeat} interleaved rounds"
+        print(f"timing {len(cases)} {what}: {rounds}", file=sys.stderr)
+    time_interleaved(cases, repeat, warmup, device, progress)
+    for case in cases:
+        if case.ok and case.measure_memory:
+            try:
+                case.peak_bytes = measure_peak_memory(case.step, device)
+            except Exception as error:
+                case.error = error
 
 
 def format_error(error: BaseException) -> str:
@@ -207,4 +219,5 @@ def reference_conv_case(device: str = "cpu") -> Tuple[TimingCase, float]:
         with torch.no_grad():
             conv(x)
 
-    return TimingCase("reference conv", step), 2.0 * c_in * c_out * 9 * shape[0] * shape[1]
+    flops = 2.0 * c_in * c_out * 9 * shape[0] * shape[1]
+    return TimingCase("reference conv", step, measure_memory=False), flops

@@ -1,22 +1,15 @@
 """Config-driven benchmark of segmentors, backbones and decode heads (``ann-seg benchmark``).
 
-Every config (a path, ``ann_seg::`` or ``mmseg::`` name) is built by
-``ann_seg.mmseg.build_segmentor`` (weights are PyTorch's default init; no download; SyncBN
-replaced by BN: one process). For each input
-shape the configs are timed interleaved (``measure.time_interleaved``), then the peak memory of
-one more step is measured per config, then forward FLOPs are counted. Parts:
-
-* ``model``: the ``EncoderDecoder`` with ``mode='tensor'`` (backbone, neck, decode head; logits
-  at the head's resolution; no data preprocessor, no resize). ``--mode train``: ``model.loss``
-  on random labels (decode + auxiliary heads, losses at the input size), then backward.
-* ``backbone``: the backbone alone; train: backward of the sum of its outputs' means.
-* ``head``: the decode head alone on random features shaped as the backbone (and neck) would
-  produce for the input (shapes from one pass on the ``meta`` device); train: ``head.loss``.
+Every config is built by ``ann_seg.mmseg.build_segmentor`` (default init, no download, SyncBN
+-> BN). For each input shape the configs are timed interleaved, then the peak memory of one
+more step and the forward FLOPs are counted per config. Parts (``model``: the
+``EncoderDecoder`` in ``mode='tensor'``, ``backbone``, ``head`` on features shaped as the
+backbone's) and the method: docs/benchmarks.md.
 """
 
 import copy
 import logging
-import os.path as osp
+import math
 import sys
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -30,14 +23,11 @@ from mmengine.logging import MMLogger
 from mmengine.structures import PixelData
 from mmseg.structures import SegDataSample
 
+from ann_seg.layers.conv import check_choice
 from ann_seg.mmseg import build_segmentor, enable_fast_training
+from ann_seg.mmseg.config import config_name as file_stem
 from ann_seg.mmseg.fast import RESIDUAL_BLOCKS
-from ann_seg.mmseg.speed import (
-    SpeedPolicy,
-    apply_inference_speed,
-    compile_parts,
-    split_suffixes,
-)
+from ann_seg.mmseg.speed import SpeedPolicy, apply_inference_speed, compile_parts, split_suffixes
 
 from .measure import (
     MIB,
@@ -45,9 +35,8 @@ from .measure import (
     TimingCase,
     format_error,
     latency_stats,
-    measure_peak_memory,
     reference_conv_case,
-    time_interleaved,
+    time_and_measure,
 )
 from .report import config_table, environment, plot_latency_memory, settings_line, write_json
 
@@ -72,10 +61,8 @@ class BenchmarkSettings:
     cfg_options: Optional[dict] = None
 
     def __post_init__(self):
-        if self.part not in PARTS:
-            raise ValueError(f"part must be one of {PARTS}, got {self.part!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        check_choice("part", self.part, PARTS)
+        check_choice("mode", self.mode, MODES)
         if self.batch_size < 1 or self.repeat < 1 or self.warmup < 0:
             raise ValueError("need batch_size >= 1, repeat >= 1 and warmup >= 0")
         if self.flop_rate and not self.flops:
@@ -101,20 +88,15 @@ BENCHMARK_ONLY = ("withcp",)  # mmseg's own with_cp, for comparison with our +cp
 
 def split_variant(config: str, mode: str = "infer") -> Tuple[str, SpeedPolicy, Tuple[str, ...]]:
     """``'x.py+fast+cp'`` -> ``('x.py', policy, ())``: the speed policy of the suffixes
-    (``ann_seg.mmseg.speed``: +fast +bf16 +fp16 +fp32 +amp +cl +fuse +compile +cp) and
-    ``+withcp`` (mmseg's reentrant ``with_cp`` on the ResNet blocks). Without +fast and +cl a
-    config runs contiguous, as written; +amp autocasts the unmodified model (mmseg's AMP)."""
+    (``ann_seg.mmseg.speed.split_suffixes``) and ``+withcp`` (mmseg's ``with_cp``)."""
     return split_suffixes(config, BENCHMARK_ONLY, task=mode)
 
 
 def config_name(config: str) -> str:
     """Short label: ``mmseg::ann/x.py`` -> ``mmseg::x``; ``configs/ann/x.py+fuse`` -> ``x+fuse``."""
-    config, *flags = config.split("+")
-    suffix = "".join(f"+{f}" for f in flags)
-    if "::" in config:
-        scope, path = config.split("::", 1)
-        return f"{scope}::{osp.splitext(osp.basename(path))[0]}{suffix}"
-    return osp.splitext(osp.basename(config))[0] + suffix
+    path, *flags = config.split("+")
+    scope = path.split("::")[0] + "::" if "::" in path else ""
+    return scope + file_stem(path) + "".join(f"+{flag}" for flag in flags)
 
 
 def build_benchmark_model(
@@ -234,16 +216,6 @@ class PartStep:
     input_shapes: List[List[int]]
 
 
-def _loss_total(losses: Dict[str, Any]) -> torch.Tensor:
-    """Sum of the loss tensors (``loss*`` keys), as mmengine's ``parse_losses``."""
-    total = 0
-    for key, value in losses.items():
-        if "loss" in key:
-            items = value if isinstance(value, (list, tuple)) else [value]
-            total = total + sum(v.mean() for v in items)
-    return total
-
-
 def make_part_step(
     model: nn.Module, part: str, settings: BenchmarkSettings, shape: Shape
 ) -> PartStep:
@@ -277,7 +249,7 @@ def make_part_step(
 
         def forward():
             if train:
-                return _loss_total(model.decode_head.loss(feats, samples, model.train_cfg))
+                return model.decode_head.loss(feats, samples, model.train_cfg)
             return model.decode_head.forward(feats)
     elif part == "backbone":
         module, flops_inputs = model.backbone, (images[:1],)
@@ -285,22 +257,20 @@ def make_part_step(
 
         def forward():
             outs = model.backbone(images)
-            return sum(o.float().mean() for o in outs) if train else outs
+            return dict(loss=sum(o.float().mean() for o in outs)) if train else outs
     else:
         module, flops_inputs = _InferenceForward(model), (images[:1],)
         input_shapes = [list(images.shape)]
 
         def forward():
-            if train:
-                return _loss_total(model.loss(images, samples))
-            return model(images, mode="tensor")
+            return model.loss(images, samples) if train else model(images, mode="tensor")
 
     def step() -> None:
         with grad():
             with autocast:
                 out = forward()
-            if train:
-                out.backward()
+            if train:  # losses as mmengine's train_step sums them
+                model.parse_losses(out)[0].backward()
                 model.zero_grad(set_to_none=True)  # grads are counted in every step's peak
 
     return PartStep(step, module, flops_inputs, input_shapes)
@@ -310,10 +280,7 @@ def _sdpa_flop_jit(inputs, outputs) -> int:
     """FLOPs (one multiply-add = 1) of ``scaled_dot_product_attention``: ``N S (Ck + Cv)``
     per batch/head: the ``q k^T`` and ``attn v`` products."""
     q, k, v = (get_shape(x) for x in inputs[:3])
-    batch = 1
-    for d in q[:-2]:
-        batch *= d
-    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+    return math.prod(q[:-2]) * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
 def _baddbmm_flop_jit(inputs, outputs) -> int:
@@ -322,23 +289,21 @@ def _baddbmm_flop_jit(inputs, outputs) -> int:
     return batch * n * k * m
 
 
-def _extra_flop_ops() -> Dict[str, Callable]:
-    """GEMM-like ops missing from mmengine's table (our attention and folded fusion use them)."""
-    return {
-        "aten::scaled_dot_product_attention": _sdpa_flop_jit,
-        "aten::addmm_": addmm_flop_jit,
-        "aten::baddbmm": _baddbmm_flop_jit,
-        "aten::baddbmm_": _baddbmm_flop_jit,
-    }
+# GEMM-like ops missing from mmengine's table (our attention and folded fusion use them)
+EXTRA_FLOP_OPS = {
+    "aten::scaled_dot_product_attention": _sdpa_flop_jit,
+    "aten::addmm_": addmm_flop_jit,
+    "aten::baddbmm": _baddbmm_flop_jit,
+    "aten::baddbmm_": _baddbmm_flop_jit,
+}
 
 
 @contextmanager
 def _quiet_flop_analysis():
-    """Count the ops of ``_extra_flop_ops`` while active; hide mmengine's warnings about
+    """Count the ops of ``EXTRA_FLOP_OPS`` while active; hide mmengine's warnings about
     ops it does not count (element-wise ops, pooling...)."""
-
     table = complexity_analysis._DEFAULT_SUPPORTED_FLOP_OPS
-    added = {key: handle for key, handle in _extra_flop_ops().items() if key not in table}
+    added = {key: handle for key, handle in EXTRA_FLOP_OPS.items() if key not in table}
     table.update(added)
     logger = MMLogger.get_current_instance()
     level = logger.level
@@ -372,10 +337,6 @@ def count_complexity(module: nn.Module, inputs: tuple) -> Dict[str, float]:
     return dict(flops=float(info["flops"]), activations=float(info["activations"]))
 
 
-def count_parameters(module: nn.Module) -> int:
-    return int(parameter_count(module)[""])
-
-
 @dataclass
 class _Entry:
     config: str
@@ -386,7 +347,6 @@ class _Entry:
     case: Optional[TimingCase] = None
     error: Optional[str] = None
     stage: Optional[str] = None
-    peak_bytes: Optional[int] = None
     reference_gflop_s: Optional[float] = None
     row: Optional[Dict[str, Any]] = None
 
@@ -452,13 +412,8 @@ def _measure_group(
     if settings.flop_rate:  # timed in the same rounds, so machine noise hits it alike
         reference, reference_flops = reference_conv_case(settings.device)
         cases.append(reference)
-    if progress:
-        print(
-            f"timing {len(cases)} config(s) at {shape[0]}x{shape[1]}: {settings.warmup} "
-            f"warm-up + {settings.repeat} interleaved rounds",
-            file=sys.stderr,
-        )
-    time_interleaved(cases, settings.repeat, settings.warmup, settings.device, progress)
+    what = f"config(s) at {shape[0]}x{shape[1]}"
+    time_and_measure(cases, settings.repeat, settings.warmup, settings.device, progress, what)
     if reference is not None and reference.ok:
         rate = reference_flops / latency_stats(reference.times)["median"] * 1e3 / 1e9
         for entry in group:
@@ -466,11 +421,6 @@ def _measure_group(
     for entry in group:
         if entry.case is not None and not entry.case.ok:
             entry.error, entry.stage = format_error(entry.case.error), "run"
-        if entry.error is None:
-            try:
-                entry.peak_bytes = measure_peak_memory(entry.part_step.step, settings.device)
-            except Exception as error:
-                entry.error, entry.stage = format_error(error), "run"
     if progress and settings.flops:
         print("counting parameters and FLOPs", file=sys.stderr)
     for entry in group:
@@ -501,8 +451,8 @@ def _result_row(entry: _Entry, settings: BenchmarkSettings) -> Dict[str, Any]:
         latency_ms=stats,
         times_ms=[t * 1e3 for t in case.times],
         throughput_img_s=settings.batch_size / (stats["median"] / 1e3),
-        peak_memory_mib=entry.peak_bytes / MIB,
-        params_m=count_parameters(step.module) / 1e6,
+        peak_memory_mib=case.peak_bytes / MIB,
+        params_m=parameter_count(step.module)[""] / 1e6,
         flops_g=None,
         activations_m=None,
     )

@@ -82,46 +82,22 @@ def _sig(value: Optional[float]) -> str:
 
 def config_table(rows: List[Dict[str, Any]]) -> str:
     """Markdown table of ``benchmark_configs`` rows (errors as rows of their own)."""
-    header = [
-        "config",
-        "input",
-        "latency ms (median)",
-        "min–max",
-        "img/s",
-        "peak MiB",
-        "params M",
-        "GMAC",
-        "× latency",
-        "× memory",
-    ]
+    header = ["config", "input", "latency ms (median)", "min–max", "img/s", "peak MiB"]
+    header += ["params M", "GMAC", "× latency", "× memory"]
     body = []
     for row in rows:
         shape = "x".join(map(str, row["shape"])) if row.get("shape") else "–"
         if row["status"] != "ok":
-            body.append(
-                [
-                    row["name"],
-                    shape,
-                    f"**error ({row['stage']})**: " + row["error"].replace("|", "\\|"),
-                ]
-                + [""] * 7
-            )
+            error = f"**error ({row['stage']})**: " + row["error"].replace("|", "\\|")
+            body.append([row["name"], shape, error] + [""] * 7)
             continue
         lat = row["latency_ms"]
-        body.append(
-            [
-                row["name"],
-                shape,
-                f"{lat['median']:.1f}",
-                f"{lat['min']:.1f}–{lat['max']:.1f}",
-                _sig(row["throughput_img_s"]),
-                _sig(row["peak_memory_mib"]),
-                _sig(row["params_m"]),
-                _sig(row.get("flops_g")),
-                _num(row.get("latency_ratio"), "{:.2f}"),
-                _num(row.get("memory_ratio"), "{:.2f}"),
-            ]
-        )
+        figures = [f"{lat['median']:.1f}", f"{lat['min']:.1f}–{lat['max']:.1f}"]
+        for key in ("throughput_img_s", "peak_memory_mib", "params_m", "flops_g"):
+            figures.append(_sig(row.get(key)))
+        for key in ("latency_ratio", "memory_ratio"):
+            figures.append(_num(row.get(key), "{:.2f}"))
+        body.append([row["name"], shape, *figures])
     return markdown_table(header, body)
 
 

@@ -1,27 +1,18 @@
-"""Where APNB and AFNB attend (``ann-seg visualize-attention``).
+"""Where APNB and AFNB attend (``ann-seg visualize-attention``; method: docs/inference.md).
 
-For a query pixel, each block's attention is a softmax over its S anchors (S = 110 for pyramid
-bins (1, 3, 6, 8)); anchor ``s`` is the average of the key map over one pyramid bin region.
-The weights are recomputed from the block's own projections, captured by forward hooks on
-``attention.key_proj`` and ``attention.query_proj`` (the blocks are not changed):
-``w = softmax(scale * theta(x_q)[query] . P(phi(x_kv)))`` with ``scale = key_channels ** -0.5``,
-in float64.
-
-Projection onto the image: each anchor's weight is spread uniformly over its bin region (weight
-/ region size), summed over all anchors of all levels: ``m = P^T w`` on the key feature grid,
-where ``P`` is the pooling matrix (rows: anchors, entries 1 / region size). Each feature cell's
-mass is then shared equally by the image pixels it covers (pixel centres mapped through the
-pipeline's resize onto the feature grid). Rows of ``P`` sum to 1, so the map sums to 1 over the
-feature grid, hence over the image when the network input is not padded (padding by the data
-preprocessor's ``test_cfg`` would carry the rest: ``outside_mass``). Per-level maps are the same
-with one level's anchors; they sum to that level's share of the weight.
-
-The forward is a whole-image forward of the (pipeline-resized) image, also for configs whose
-``test_cfg.mode`` is 'slide' (slide-mode inference attends within each window).
+For a query pixel, a block's attention is a softmax over its S pyramid anchors, recomputed in
+float64 from the block's own projections (forward hooks on ``attention.key_proj`` and
+``attention.query_proj``; the blocks are not changed):
+``w = softmax(scale * theta(x_q)[query] . P(phi(x_kv)))``, ``scale = key_channels ** -0.5``.
+Each anchor's weight is spread uniformly over its bin region, ``m = P^T w`` on the key feature
+grid (``P``: the pooling matrix, rows summing to 1), and each feature cell's mass is shared
+equally by the image pixels it covers: a map sums to 1 over the image unless the input is
+padded (``outside_mass``). The forward is a whole-image forward, also for slide-mode configs.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -62,33 +53,28 @@ def find_attention_blocks(model: torch.nn.Module) -> List[Tuple[str, torch.nn.Mo
     ]
 
 
-class _ProjectionRecorder:
-    """Forward hooks that keep the key/query projection outputs of each block."""
+def _record_projections(blocks, run) -> dict:
+    """``run()`` with forward hooks that keep each block's key and query projection outputs:
+    ``{(block name, 'key' or 'query'): output}``."""
+    outputs, handles = {}, []
 
-    def __init__(self, blocks):
-        self.outputs = {}
-        self.handles = []
-        for name, block in blocks:
-            attention = block.attention
-            self._hook(attention.key_proj, (name, "key"))
-            if attention.query_proj is not None:
-                self._hook(attention.query_proj, (name, "query"))
-
-    def _hook(self, module, key):
+    def keep(key):
         def hook(_module, _inputs, output):
-            self.outputs[key] = output.detach()
+            outputs[key] = output.detach()
 
-        self.handles.append(module.register_forward_hook(hook))
+        return hook
 
-    def remove(self):
-        for handle in self.handles:
+    for name, block in blocks:
+        for kind in ("key", "query"):
+            projection = getattr(block.attention, f"{kind}_proj")
+            if projection is not None:
+                handles.append(projection.register_forward_hook(keep((name, kind))))
+    try:
+        run()
+    finally:
+        for handle in handles:
             handle.remove()
-
-
-def _level_bins(sampler: PyramidPoolingSampler, dims: int) -> List[Tuple[int, ...]]:
-    return [
-        tuple(size) if isinstance(size, tuple) else (size,) * dims for size in sampler.pool_sizes
-    ]
+    return outputs
 
 
 def _cells(length: int, resized: int, padded: int, cells: int) -> np.ndarray:
@@ -139,21 +125,14 @@ def compute_attention_maps(
     inputs, meta = _preprocess(model, image_bgr)
     resized_h, resized_w = meta["img_shape"][:2]
     padded_h, padded_w = inputs.shape[2:]
-    recorder = _ProjectionRecorder(blocks)
-    try:
-        with torch.no_grad():
-            model(inputs, mode="tensor")
-    finally:
-        recorder.remove()
-
-    counts = {}
-    for _, block in blocks:
-        counts[type(block).__name__] = counts.get(type(block).__name__, 0) + 1
+    with torch.no_grad():
+        outputs = _record_projections(blocks, lambda: model(inputs, mode="tensor"))
+    counts = Counter(type(block).__name__ for _, block in blocks)
     results = []
     for name, block in blocks:
         attention = block.attention
-        key_map = recorder.outputs[(name, "key")][0].double()  # (C', hk, wk)
-        query_map = recorder.outputs.get((name, "query"))
+        key_map = outputs[(name, "key")][0].double()  # (C', hk, wk)
+        query_map = outputs.get((name, "query"))
         query_map = key_map if query_map is None else query_map[0].double()  # (C', hq, wq)
         hk, wk = key_map.shape[1:]
         hq, wq = query_map.shape[1:]
@@ -165,7 +144,7 @@ def compute_attention_maps(
         cells = [(int(q_rows[y]), int(q_cols[x])) for x, y in points]
         queries = torch.stack([query_map[:, r, c].cpu() for r, c in cells])  # (P, C')
         weights = torch.softmax(scale * queries @ anchors, dim=-1)  # (P, S)
-        bins = _level_bins(attention.sampler, 2)
+        bins = list(attention.sampler.level_bins(2))
         sizes = [int(np.prod(b)) for b in bins]
         level_cells = torch.stack(
             [w @ p for w, p in zip(weights.split(sizes, -1), pool.split(sizes, 0))], 1
@@ -205,21 +184,14 @@ def attention_figure(
     level with ``levels``); heat maps over the image with their colour bars (attention weight
     per image pixel, from 0 to the panel's maximum), the query point marked."""
     plt = pyplot()
-    columns = (
-        [(b, None) for b in blocks]
-        if not levels
-        else [(b, lv) for b in blocks for lv in (None, *range(len(b.level_bins)))]
-    )
+    columns = [
+        (block, level)
+        for block in blocks
+        for level in (None, *range(len(block.level_bins) if levels else 0))
+    ]
     height, width = image_rgb.shape[:2]
-    figure, axes = plt.subplots(
-        len(points),
-        len(columns),
-        squeeze=False,
-        figsize=(
-            (panel_inches + 0.6) * len(columns),
-            panel_inches * height / width * len(points) + 0.5,
-        ),
-    )
+    size = ((panel_inches + 0.6) * len(columns), panel_inches * height / width * len(points) + 0.5)
+    figure, axes = plt.subplots(len(points), len(columns), squeeze=False, figsize=size)
     for row, (x, y) in enumerate(points):
         for col, (block, level) in enumerate(columns):
             ax = axes[row, col]

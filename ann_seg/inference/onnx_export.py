@@ -1,22 +1,13 @@
 """Export a segmentor to ONNX and check it against PyTorch with onnxruntime
-(``ann-seg export-onnx``).
+(``ann-seg export-onnx``; details: docs/inference.md).
 
-The exported graph is ``SegmentorExportWrapper``: input ``image`` (B, 3, H, W) float32 RGB
-pixels in 0..255; output ``logits`` (B, num_classes, H, W) float32, the decode head's logits
-upsampled bilinearly to the input size. That is mmseg's whole-image ``encode_decode``
-(normalisation by the data preprocessor's mean/std included); the class map is
-``logits.argmax(1)``. Slide-mode windowing and the resize of the test pipeline are left to the
-caller.
-
-Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)`` (deprecated since
-torch 2.9 but working in 2.13): it exports the model in about a second, and under its tracer
-``PyramidPoolingSampler`` builds the pooling matrix from the traced input shape, so a
-``dynamic`` export (batch, height and width symbolic) pools exactly at every size. The
-``torch.export``-based exporter (``dynamo=True``) is 15-30x slower here and is not used.
-
-The file is written atomically, and only after onnxruntime reproduces the PyTorch logits within
-``|ort - torch| <= atol + rtol * |torch|`` (``atol = rtol = 1e-4``) on random images: at the
-export shape, and for dynamic exports also at batch 2 and another size, ``(3H/4 + 3, 3W/4 + 3)``.
+The graph is ``SegmentorExportWrapper``: ``image`` (B, 3, H, W) float32 RGB 0..255 ->
+``logits`` (B, num_classes, H, W) float32, mmseg's whole-image ``encode_decode`` with the
+normalisation inside. Slide-mode windowing and the test pipeline's resize are the caller's.
+Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)``. The file is written
+atomically, only after onnxruntime reproduces the PyTorch logits within ``|ort - torch| <=
+atol + rtol * |torch|`` on random images: at the export shape, and for dynamic exports also at
+batch 2 and ``(3H/4 + 3, 3W/4 + 3)``.
 """
 
 from __future__ import annotations
@@ -52,12 +43,10 @@ class SegmentorExportWrapper(nn.Module):
         # mmcv loads BGR; with bgr_to_rgb/rgb_to_bgr the network sees RGB, otherwise BGR
         self.to_bgr = not getattr(pre, "channel_conversion", False)
         normalize = getattr(pre, "_enable_normalize", False)
-        self.register_buffer(
-            "mean", pre.mean.view(1, -1, 1, 1).clone() if normalize else torch.zeros(1, 3, 1, 1)
-        )
-        self.register_buffer(
-            "std", pre.std.view(1, -1, 1, 1).clone() if normalize else torch.ones(1, 3, 1, 1)
-        )
+        mean = pre.mean.view(1, -1, 1, 1).clone() if normalize else torch.zeros(1, 3, 1, 1)
+        std = pre.std.view(1, -1, 1, 1).clone() if normalize else torch.ones(1, 3, 1, 1)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
         self.align_corners = bool(segmentor.decode_head.align_corners)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -101,20 +90,14 @@ def verify_onnx(
         with torch.no_grad():
             expected = wrapper(image).numpy()
         actual = session.run([OUTPUT_NAME], {INPUT_NAME: image.numpy()})[0]
-        ok = actual.shape == expected.shape and bool(
-            np.allclose(actual, expected, rtol=rtol, atol=atol)
-        )
-        diff = (
-            float(np.abs(actual - expected).max())
-            if actual.shape == expected.shape
-            else float("inf")
-        )
+        same_shape = actual.shape == expected.shape
+        diff = float(np.abs(actual - expected).max()) if same_shape else float("inf")
         checks.append(
             {
                 "shape": [batch, 3, height, width],
                 "max_abs_diff": diff,
                 "max_rel_diff": diff / max(float(np.abs(expected).max()), 1e-12),
-                "ok": ok,
+                "ok": same_shape and bool(np.allclose(actual, expected, rtol=rtol, atol=atol)),
             }
         )
     return checks

@@ -1,8 +1,5 @@
-"""File I/O: atomic writes, image decoding, output encoding, progress, tables.
-
-Imports only numpy, OpenCV, PIL, mmengine's progress bar and (for figures, on demand)
-matplotlib: no model code.
-"""
+"""File I/O: atomic writes, image decoding, output encoding, progress, tables (no model code:
+numpy, OpenCV, PIL, mmengine's progress bar and, on demand, matplotlib)."""
 
 from .atomic import (
     atomic_path,

@@ -1,10 +1,7 @@
 """Atomic file writes: a reader sees the old file or the new one, never a partial one.
 
-Every file ann_seg writes (label maps, overlays, logits, summaries, checkpoints, generated data
-sets, benchmark JSON) goes through ``atomic_path``: a hidden temporary file beside the target
-(``.<name>.<random>.tmp``), flushed and fsynced, given the mode a plain ``open`` would give
-(``0o666 & ~umask``; ``mkstemp`` creates ``0o600``), then renamed onto the target with
-``os.replace`` (atomic on POSIX and Windows).
+Every file ann_seg writes goes through ``atomic_path``: a hidden temporary file beside the
+target, fsynced, given the mode a plain ``open`` would give, then ``os.replace``d onto it.
 """
 
 import contextlib

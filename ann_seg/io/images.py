@@ -1,15 +1,11 @@
 """Decoding images for inference: any 8/16-bit image OpenCV or PIL recognises, as BGR uint8.
 
-Decoding (``read_image``): 8-bit images are used as they are; grayscale is replicated to 3
-channels; an alpha channel is dropped (not composited); 16-bit images are scaled to 8 bits with
-``round(v / 257)`` (65535 -> 255); EXIF orientation is applied (as mmcv's loader does). Empty,
-unreadable, undecodable (corrupt, truncated, not an image), float-valued and over-large images
-raise ``ImageError`` with the reason.
-
-Bounded reading: a file larger than ``max_bytes`` (default ``default_max_bytes(max_pixels)``)
-is refused from its size, unread; otherwise the first ``HEAD_BYTES`` are read, and a file whose
-header declares more than ``max_pixels`` or that neither Pillow nor OpenCV recognises from its
-signature is refused before the rest is read.
+Grayscale is replicated to 3 channels, alpha dropped (not composited), 16-bit scaled to 8 bits
+(``round(v / 257)``), EXIF orientation applied. Empty, unreadable, undecodable, float-valued
+and over-large images raise ``ImageError`` with the reason. A file over ``max_bytes`` is
+refused unread; otherwise its first ``HEAD_BYTES`` are read, and a header declaring more than
+``max_pixels``, or content that neither Pillow nor OpenCV recognises, is refused before the
+rest is read.
 """
 
 import io

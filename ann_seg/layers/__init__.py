@@ -1,11 +1,5 @@
-"""Torch-only layers: the non-local block family and its pieces (imports nothing but PyTorch;
-import-linter enforces it).
-
-``attend`` (the attention core), samplers (pyramid pooling, max pool, identity),
-``AsymmetricAttention``, ``APNB``, ``AFNB``, ``NonLocalBlock``, ``CGNLBlock``, the fusion
-shared by APNB/AFNB, exact inference folding (``fold``), exact activation checkpointing
-(``checkpointing``), conv/norm helpers (``conv``) and the torch-version helpers (``compat``).
-"""
+"""The non-local block family and its pieces, in plain PyTorch (import-linter enforces it);
+see docs/blocks.md."""
 
 from .afnb import AFNB
 from .apnb import APNB

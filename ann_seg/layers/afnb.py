@@ -5,9 +5,9 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .asymmetric import AsymmetricAttention, check_channels
-from .conv import ActLayer, ConvNormAct, NormArg, check_dims, check_positive
-from .fusion import AttentionFusionBlock, check_fusion, dropout_nd, pyramid_sampler
+from .asymmetric import check_channels
+from .conv import ActLayer, NormArg, check_positive
+from .fusion import AttentionFusionBlock
 
 
 class AFNB(AttentionFusionBlock):
@@ -51,41 +51,36 @@ class AFNB(AttentionFusionBlock):
         backend: str = "auto",
     ):
         super().__init__()
-        check_dims(dims)
-        for name, value in (
-            ("low_in_channels", low_in_channels),
-            ("high_in_channels", high_in_channels),
-            ("out_channels", out_channels),
-            ("key_channels", key_channels),
-        ):
-            check_positive(name, value)
+        check_positive(
+            low_in_channels=low_in_channels,
+            high_in_channels=high_in_channels,
+            out_channels=out_channels,
+            key_channels=key_channels,
+        )
         if share == "query_key":
             raise ValueError(
                 'AFNB: share="query_key" is impossible, queries and keys come from '
                 'different inputs; use "none" or "key_value"'
             )
-        value_channels = key_channels if value_channels is None else value_channels
         self.low_in_channels = low_in_channels
         self.high_in_channels = high_in_channels
-        self.fusion = check_fusion(fusion)
-        self.dims = dims
-        attention_out = out_channels if fusion == "concat" else high_in_channels
-        self.attention = AsymmetricAttention(
+        self._build(
             high_in_channels,
             low_in_channels,
+            out_channels,
             key_channels,
             value_channels,
-            attention_out,
-            sampler=pyramid_sampler(pool_sizes, sampler),
-            share=share,
-            norm_layer=norm_layer,
-            act_layer=act_layer,
+            pool_sizes,
+            sampler,
+            fusion,
+            dropout,
+            norm_layer,
+            act_layer,
+            fuse_act_layer=None,  # no activation after the fusion, as released
             dims=dims,
+            share=share,
             backend=backend,
         )
-        fuse_in = attention_out + high_in_channels if fusion == "concat" else high_in_channels
-        self.fuse = ConvNormAct(fuse_in, out_channels, 1, dims, norm_layer, None)
-        self.dropout = dropout_nd(dropout, dims)
 
     def forward(self, x_low: torch.Tensor, x_high: torch.Tensor) -> torch.Tensor:
         owner = type(self).__name__

@@ -5,9 +5,9 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .asymmetric import AsymmetricAttention, check_channels
-from .conv import ActLayer, ConvNormAct, NormArg, check_dims, check_positive
-from .fusion import AttentionFusionBlock, check_fusion, dropout_nd, pyramid_sampler
+from .asymmetric import check_channels
+from .conv import ActLayer, NormArg, check_positive
+from .fusion import AttentionFusionBlock
 
 
 class APNB(AttentionFusionBlock):
@@ -54,32 +54,27 @@ class APNB(AttentionFusionBlock):
         backend: str = "auto",
     ):
         super().__init__()
-        check_dims(dims)
-        check_positive("in_channels", in_channels)
-        check_positive("out_channels", out_channels)
-        check_positive("key_channels", key_channels)
-        value_channels = key_channels if value_channels is None else value_channels
-        check_positive("value_channels", value_channels)
+        check_positive(
+            in_channels=in_channels, out_channels=out_channels, key_channels=key_channels
+        )
         self.in_channels = in_channels
-        self.fusion = check_fusion(fusion)
-        self.dims = dims
-        attention_out = out_channels if fusion == "concat" else in_channels
-        self.attention = AsymmetricAttention(
+        self._build(
             in_channels,
             in_channels,
+            out_channels,
             key_channels,
             value_channels,
-            attention_out,
-            sampler=pyramid_sampler(pool_sizes, sampler),
-            share=share,
-            norm_layer=norm_layer,
-            act_layer=act_layer,
+            pool_sizes,
+            sampler,
+            fusion,
+            dropout,
+            norm_layer,
+            act_layer,
+            fuse_act_layer=act_layer,
             dims=dims,
+            share=share,
             backend=backend,
         )
-        fuse_in = attention_out + in_channels if fusion == "concat" else in_channels
-        self.fuse = ConvNormAct(fuse_in, out_channels, 1, dims, norm_layer, act_layer)
-        self.dropout = dropout_nd(dropout, dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_channels("input", x, self.in_channels, self.dims, type(self).__name__)

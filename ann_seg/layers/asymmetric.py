@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from .attention import BACKENDS, PAIRWISE, attend
-from .conv import ActLayer, ConvNormAct, NormArg, check_dims, check_positive, conv_nd
+from .conv import ActLayer, ConvNormAct, NormArg, check_choice, check_dims, check_positive, conv_nd
 from .samplers import build_sampler
 
 SHARE_MODES = ("none", "query_key", "key_value")
@@ -70,16 +70,15 @@ class AsymmetricAttention(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        for name, value in (
-            ("query_in_channels", query_in_channels),
-            ("kv_in_channels", kv_in_channels),
-            ("key_channels", key_channels),
-            ("value_channels", value_channels),
-            ("out_channels", out_channels),
-        ):
-            check_positive(name, value)
-        if share not in SHARE_MODES:
-            raise ValueError(f"share must be one of {SHARE_MODES}, got {share!r}")
+        check_positive(
+            query_in_channels=query_in_channels,
+            kv_in_channels=kv_in_channels,
+            key_channels=key_channels,
+            value_channels=value_channels,
+            out_channels=out_channels,
+        )
+        check_choice("share", share, SHARE_MODES)
+        check_choice("backend", backend, BACKENDS)
         if share == "query_key" and query_in_channels != kv_in_channels:
             raise ValueError(
                 'share="query_key" needs query_in_channels == kv_in_channels, got '
@@ -95,8 +94,6 @@ class AsymmetricAttention(nn.Module):
                 f'pairwise must be "softmax" or "dot" here, got {pairwise!r} '
                 f"(all forms: {PAIRWISE})"
             )
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.dims = check_dims(dims)
         self.share = share
         self.pairwise = pairwise

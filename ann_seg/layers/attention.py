@@ -18,13 +18,10 @@ concat     ReLU(q_i + k_j), q, k scalars    S          sort + suffix sums: O((N 
                                                        exact, no N x S matrix
 ========== ================================ ========== ==========================================
 
-``dot`` and ``concat`` sum ``S`` unnormalised terms and compute in float32 (half-precision
-sums overflow); ``softmax`` normalises, and SDPA's fused kernels keep float32 accumulators, so
-it runs in the low precision (on CUDA only fp16/bf16 have the flash kernels). Every form
-returns the autocast dtype under autocast, else the input's dtype.
-Gaussian and embedded Gaussian are both ``softmax``; they differ in the projections the block
-applies before. ``backend='explicit'`` forms the ``N x S`` matrix with plain matmuls (the
-reference formulation; concat is then chunked over queries to bound memory).
+``dot`` and ``concat`` compute in float32 (half-precision sums over ``S`` overflow); every form
+returns the autocast dtype under autocast, else the input's. Gaussian and embedded Gaussian
+are both ``softmax``; they differ in the block's projections. ``backend='explicit'`` forms the
+``N x S`` matrix with plain matmuls (the reference; concat chunked over queries).
 Shapes: ``query (B, N, Ck)``, ``key (B, S, Ck)``, ``value (B, S, Cv)`` -> ``(B, N, Cv)``.
 """
 
@@ -34,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .compat import SDPA_EXPORTS_TO_ONNX, output_dtype
+from .conv import check_choice
 
 PAIRWISE = ("softmax", "dot", "concat")
 BACKENDS = ("auto", "sdpa", "explicit")
@@ -41,24 +39,13 @@ _CONCAT_CHUNK_ELEMENTS = 1 << 24
 
 
 def _check(query, key, value, pairwise, backend):
-    if pairwise not in PAIRWISE:
-        raise ValueError(f"pairwise must be one of {PAIRWISE}, got {pairwise!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_choice("pairwise", pairwise, PAIRWISE)
+    check_choice("backend", backend, BACKENDS)
+    shapes = f"query {tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}"
     if query.dim() != 3 or key.dim() != 3 or value.dim() != 3:
-        raise ValueError(
-            "query, key and value must be (B, N, C) tensors, got shapes "
-            f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
-        )
-    if (
-        key.shape[:2] != value.shape[:2]
-        or query.shape[0] != key.shape[0]
-        or query.shape[2] != key.shape[2]
-    ):
-        raise ValueError(
-            f"incompatible shapes: query {tuple(query.shape)}, key "
-            f"{tuple(key.shape)}, value {tuple(value.shape)}"
-        )
+        raise ValueError(f"query, key and value must be (B, N, C) tensors, got {shapes}")
+    if key.shape[:2] != value.shape[:2] or query.shape[::2] != key.shape[::2]:
+        raise ValueError(f"incompatible shapes: {shapes}")
     if pairwise == "concat" and query.shape[2] != 1:
         raise ValueError(
             "concat pairwise expects scalar query/key terms (C = 1): the block "
@@ -66,8 +53,18 @@ def _check(query, key, value, pairwise, backend):
         )
 
 
-def _float32(*tensors):
-    return tuple(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors)
+def in_float32(function, *tensors, **kwargs) -> torch.Tensor:
+    """``function(*tensors, **kwargs)`` with autocast off and half-precision tensors upcast to
+    float32; the result in the dtype an op on the last tensor returns (``output_dtype``)."""
+    out_dtype = output_dtype(tensors[-1])
+    with torch.autocast(tensors[-1].device.type, enabled=False):
+        upcast = [t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors]
+        return function(*upcast, **kwargs).to(out_dtype)
+
+
+def _explicit_softmax(query, key, value, scale: float) -> torch.Tensor:
+    weights = torch.softmax(torch.bmm(query, key.transpose(1, 2)) * scale, dim=-1)
+    return torch.bmm(weights, value)
 
 
 def softmax_attention(
@@ -76,16 +73,13 @@ def softmax_attention(
     """``softmax(scale * q k^T) v``; ``scale=None`` means ``Ck ** -0.5``. Through SDPA in the
     autocast (or input) dtype; the explicit form (and the ONNX trace below torch 2.5) in
     float32, since its half-precision ``N x S`` logits overflow (pytorch #40497)."""
-    out_dtype = output_dtype(value)
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     if backend == "explicit" or (torch.jit.is_tracing() and not SDPA_EXPORTS_TO_ONNX):
-        with torch.autocast(value.device.type, enabled=False):
-            q, k, v = _float32(query, key, value)
-            weights = torch.softmax(torch.bmm(q, k.transpose(1, 2)) * scale, dim=-1)
-            return torch.bmm(weights, v).to(out_dtype)
+        return in_float32(_explicit_softmax, query, key, value, scale=scale)
     # the fused (flash) CPU kernel needs contiguous inputs; on strided views (our
     # (B, C, N) -> (B, N, C) transposes) SDPA silently falls back to the math kernel, which
     # materialises the N x S matrix
+    out_dtype = output_dtype(value)
     q, k, v = (t.to(out_dtype).contiguous()[:, None] for t in (query, key, value))
     return F.scaled_dot_product_attention(q, k, v, scale=scale)[:, 0]
 
@@ -149,11 +143,6 @@ def attend(
     _check(query, key, value, pairwise, backend)
     if pairwise == "softmax":
         return softmax_attention(query, key, value, scale, backend)
-    # float32 inside autocast for every form: half-precision sums over S overflow (fp16)
-    device = value.device.type
-    out_dtype = output_dtype(value)
-    with torch.autocast(device, enabled=False):
-        q, k, v = _float32(query, key, value)
-        form = dot_attention if pairwise == "dot" else concat_attention
-        out = form(q, k, v, backend)
-    return out.to(out_dtype)
+    # float32 inside autocast: half-precision sums over S overflow (fp16)
+    form = dot_attention if pairwise == "dot" else concat_attention
+    return in_float32(form, query, key, value, backend=backend)

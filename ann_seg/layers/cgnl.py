@@ -34,8 +34,8 @@ import torch
 import torch.nn as nn
 
 from .asymmetric import check_channels
-from .compat import output_dtype
-from .conv import NormArg, check_dims, check_positive, conv_nd, resolve_norm_layer
+from .attention import in_float32
+from .conv import NormArg, check_choice, check_dims, check_positive, conv_nd, resolve_norm_layer
 
 KERNELS = ("gaussian", "dot")
 RBF_NORMS = ("released", "exact")
@@ -117,24 +117,20 @@ class CGNLBlock(nn.Module):
         dims: int = 2,
     ):
         super().__init__()
-        check_positive("in_channels", in_channels)
         inter_channels = in_channels // 2 if inter_channels is None else inter_channels
-        check_positive("inter_channels", inter_channels)
-        check_positive("groups", groups)
+        check_positive(in_channels=in_channels, inter_channels=inter_channels, groups=groups)
         if in_channels % groups or inter_channels % groups:
             raise ValueError(
                 f"groups must divide in_channels and inter_channels, got groups="
                 f"{groups}, in_channels={in_channels}, "
                 f"inter_channels={inter_channels}"
             )
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        check_choice("kernel", kernel, KERNELS)
+        check_choice("rbf_norm", rbf_norm, RBF_NORMS)
         if not isinstance(order, int) or isinstance(order, bool) or order < 0:
             raise ValueError(f"order must be a non-negative int, got {order!r}")
         if not gamma > 0:
             raise ValueError(f"gamma must be positive, got {gamma!r}")
-        if rbf_norm not in RBF_NORMS:
-            raise ValueError(f"rbf_norm must be one of {RBF_NORMS}, got {rbf_norm!r}")
         self.dims = check_dims(dims)
         self.in_channels = in_channels
         self.inter_channels = inter_channels
@@ -168,16 +164,9 @@ class CGNLBlock(nn.Module):
         # group k holds channels [k C'/G, (k + 1) C'/G): a view to (B, G, C'/G * N)
         # (lists, not generators, are unpacked: torch 2.1's dynamo cannot unpack generators)
         t, p, v = [m(x).reshape(batch, self.groups, -1) for m in (self.theta, self.phi, self.g)]
-        device = x.device.type
-        out_dtype = output_dtype(t)
-        with torch.autocast(device, enabled=False):
-            t, p, v = [
-                a.float() if a.dtype in (torch.float16, torch.bfloat16) else a for a in (t, p, v)
-            ]
-            y = cgnl_kernel(
-                t, p, v, self.kernel, self.order, self.gamma, self.use_scale, self.rbf_norm
-            )
-        y = y.to(out_dtype).reshape(batch, self.inter_channels, *spatial)
+        options = (self.kernel, self.order, self.gamma, self.use_scale, self.rbf_norm)
+        y = in_float32(lambda t, p, v: cgnl_kernel(t, p, v, *options), t, p, v)
+        y = y.reshape(batch, self.inter_channels, *spatial)
         return self.norm(self.out_proj(y)) + x
 
     def extra_repr(self) -> str:

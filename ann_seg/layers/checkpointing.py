@@ -1,18 +1,10 @@
-"""Exact activation checkpointing of a module: its forward keeps only its inputs and recomputes
-its activations in the backward pass (``torch.utils.checkpoint``, non-reentrant).
-
-"Exact" means that a checkpointed module computes what the plain one computes, step for step:
-
-* the recomputation runs with the random-number state of the forward (dropout draws the same
-  masks; ``preserve_rng_state``);
-* training-mode BatchNorms inside update their running statistics once per step, in the
-  forward: during the recomputation they normalise with the batch statistics as before but
-  leave the statistics unchanged (a plain ``checkpoint`` of a block with BatchNorm, mmseg's
-  ``with_cp`` included, applies the momentum update twice per step);
-* in eval mode or under ``no_grad`` the module runs unchanged (nothing to save).
-
-The switch is per instance (``set_activation_checkpointing``): the module's parameters, buffers
-and state dict do not change, so checkpoints load into a module without it.
+"""Exact activation checkpointing (``torch.utils.checkpoint``, non-reentrant): a module's forward
+keeps only its inputs and recomputes its activations in the backward pass, computing what the
+plain module computes: the recomputation replays the forward's random state (same dropout
+masks), and training-mode BatchNorms update their running statistics once per step (a plain
+``checkpoint``, mmseg's ``with_cp`` included, updates them twice). In eval mode or under
+``no_grad`` the module runs unchanged. The switch is per instance; parameters, buffers and
+state dict do not change.
 """
 
 import contextlib
@@ -26,11 +18,10 @@ from torch.utils.checkpoint import checkpoint
 
 @contextlib.contextmanager
 def frozen_batch_norm_statistics(module: nn.Module) -> Iterator[List[nn.Module]]:
-    """Inside: the training-mode BatchNorms of ``module`` normalise with batch statistics as
-    always but leave ``running_mean``, ``running_var`` and ``num_batches_tracked`` as they
-    were: their momentum is 0 (the kernel's update ``(1 - 0) r + 0 m`` rewrites the same
-    values; the autograd graph saves the same tensors as with tracking, which the
-    checkpoint's recomputation check requires) and the batch count is restored on exit."""
+    """Inside: the training-mode BatchNorms of ``module`` normalise with batch statistics but
+    leave their running statistics as they were: momentum 0 (the autograd graph then saves the
+    same tensors as with tracking, as the checkpoint's recomputation check requires), and the
+    batch count restored on exit."""
     norms = [
         m
         for m in module.modules()

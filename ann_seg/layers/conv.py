@@ -24,10 +24,16 @@ def check_dims(dims: int) -> int:
     return dims
 
 
-def check_positive(name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+def check_positive(**values) -> None:
+    """Refuse any of the named ``values`` that is not a positive int."""
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 def conv_nd(dims: int) -> type:
@@ -70,8 +76,7 @@ class ConvNormAct(nn.Sequential):
         dilation: int = 1,
     ):
         super().__init__()
-        check_positive("in_channels", in_channels)
-        check_positive("out_channels", out_channels)
+        check_positive(in_channels=in_channels, out_channels=out_channels)
         norm_layer = resolve_norm_layer(norm_layer, dims)
         padding = dilation * (kernel_size - 1) // 2
         self.conv = conv_nd(dims)(

@@ -8,27 +8,11 @@ import torch
 import torch.nn as nn
 
 from .asymmetric import AsymmetricAttention
-from .conv import batch_norm_affine
+from .conv import ActLayer, ConvNormAct, NormArg, batch_norm_affine, check_choice, check_dims
 from .samplers import PyramidPoolingSampler
 
 FUSION_MODES = ("concat", "add")
 _DROPOUT = {1: nn.Dropout1d, 2: nn.Dropout2d, 3: nn.Dropout3d}
-
-
-def check_fusion(fusion: str) -> str:
-    if fusion not in FUSION_MODES:
-        raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}")
-    return fusion
-
-
-def dropout_nd(p: float, dims: int) -> nn.Module:
-    if not 0 <= p < 1:
-        raise ValueError(f"dropout must be in [0, 1), got {p!r}")
-    return _DROPOUT[dims](p) if p > 0 else nn.Identity()
-
-
-def pyramid_sampler(pool_sizes: Sequence[int], sampler) -> nn.Module:
-    return PyramidPoolingSampler(pool_sizes) if sampler is None else sampler
 
 
 def _affine_of_norm(norm: Optional[nn.Module], channels: int, like: torch.Tensor):
@@ -54,6 +38,47 @@ class AttentionFusionBlock(nn.Module):
     # the fast training mode's form of the same computation (see ``_factored_fusion``)
     factored_fusion: bool = False
 
+    def _build(
+        self,
+        query_in_channels: int,
+        kv_in_channels: int,
+        out_channels: int,
+        key_channels: int,
+        value_channels: Optional[int],
+        pool_sizes: Sequence[int],
+        sampler: Optional[nn.Module],
+        fusion: str,
+        dropout: float,
+        norm_layer: NormArg,
+        act_layer: Optional[ActLayer],
+        fuse_act_layer: Optional[ActLayer],
+        dims: int,
+        **attention_options,
+    ) -> None:
+        """The attention (``W_o`` to ``out_channels`` for concat, else to the query input's
+        channels), the fusion conv + norm + ``fuse_act_layer``, and the dropout."""
+        self.dims = check_dims(dims)
+        check_choice("fusion", fusion, FUSION_MODES)
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.fusion = fusion
+        attention_out = out_channels if fusion == "concat" else query_in_channels
+        self.attention = AsymmetricAttention(
+            query_in_channels,
+            kv_in_channels,
+            key_channels,
+            key_channels if value_channels is None else value_channels,
+            attention_out,
+            sampler=PyramidPoolingSampler(pool_sizes) if sampler is None else sampler,
+            norm_layer=norm_layer,
+            act_layer=act_layer,
+            dims=dims,
+            **attention_options,
+        )
+        fuse_in = attention_out + query_in_channels if fusion == "concat" else query_in_channels
+        self.fuse = ConvNormAct(fuse_in, out_channels, 1, dims, norm_layer, fuse_act_layer)
+        self.dropout = _DROPOUT[dims](dropout) if dropout > 0 else nn.Identity()
+
     def _fused_output(self, x: torch.Tensor, x_kv: Optional[torch.Tensor] = None):
         if self.folded:
             out = self.fuse(self.attention.tokens(x, x_kv), x)
@@ -66,29 +91,32 @@ class AttentionFusionBlock(nn.Module):
         return self.dropout(out)
 
     def _factored_fusion(self, x: torch.Tensor, x_kv: Optional[torch.Tensor] = None):
-        """``fuse(W_o O, X)`` with the same parameters and the same math, in fewer operations
-        (training too): nothing lies between ``W_o`` and the fusion conv, so ``W_f [W_o O + b_o;
-        X] = (W_fa W_o) O + W_fb X + W_fa b_o`` (``add``: ``W_fa = W_fb = W_f``). The product
-        ``W_fa W_o`` (``C_out x C_v``) is formed in the autograd graph once per call, and the
-        block skips ``W_o``'s ``C_a``-channel output, the concatenation and the ``C_a``
-        columns of the fusion GEMM: per position ``C_out (C_v + C_in)`` multiply-adds instead
-        of ``C_a C_v + C_out (C_a + C_in)`` (AFNB: 4.7 M instead of 8.9 M). Equal to the
-        plain path up to float rounding; gradients reach ``W_o``, ``b_o`` and ``W_f``."""
-        out_proj, conv = self.attention.out_proj, self.fuse.conv
-        w_out = out_proj.weight.flatten(1)  # (C_a, C_v)
-        w_fuse = conv.weight.flatten(1)  # (C_out, fuse_in)
-        attn_out = w_out.shape[0]
-        w_a = w_fuse[:, :attn_out]
-        w_x = w_fuse[:, attn_out:] if self.fusion == "concat" else w_fuse
-        bias = w_a @ out_proj.bias
-        if conv.bias is not None:
-            bias = bias + conv.bias
+        """``fuse(W_o O, X)`` with the same parameters and math in fewer operations (training
+        too): nothing lies between ``W_o`` and the fusion conv, so ``W_f [W_o O + b_o; X] =
+        (W_fa W_o) O + W_fb X + W_fa b_o`` (``add``: ``W_fa = W_fb = W_f``). ``W_fa W_o`` is
+        formed in the autograd graph once per call; the block skips ``W_o``'s output, the
+        concatenation and the fusion GEMM's ``C_a`` columns: per position ``C_out (C_v + C_in)``
+        multiply-adds instead of ``C_a C_v + C_out (C_a + C_in)``. Equal to the plain path up
+        to float rounding; gradients reach ``W_o``, ``b_o`` and ``W_f``."""
+        w_out, w_a, w_x = self._fusion_weights()
+        bias = w_a @ self.attention.out_proj.bias
+        if self.fuse.conv.bias is not None:
+            bias = bias + self.fuse.conv.bias
         out = fused_linear(self.attention.tokens(x, x_kv), x, w_a @ w_out, w_x, bias)
         for name in ("norm", "act"):
             layer = getattr(self.fuse, name, None)
             if layer is not None:
                 out = layer(out)
         return out
+
+    def _fusion_weights(self):
+        """``(W_o (C_a, C_v), W_fa (C_out, C_a), W_fb (C_out, C_in))``: the output projection
+        and the fusion conv's columns that take its output and ``X`` (``add``: both ``W_f``)."""
+        w_out = self.attention.out_proj.weight.flatten(1)
+        w_fuse = self.fuse.conv.weight.flatten(1)
+        w_a = w_fuse[:, : w_out.shape[0]]
+        w_x = w_fuse[:, w_out.shape[0] :] if self.fusion == "concat" else w_fuse
+        return w_out, w_a, w_x
 
     @torch.no_grad()
     def fold_(self) -> "AttentionFusionBlock":
@@ -103,19 +131,14 @@ class AttentionFusionBlock(nn.Module):
             raise RuntimeError(f"{type(self).__name__}.fold_() is for inference: call eval() first")
         if self.folded:
             return self
-        w_out = self.attention.out_proj.weight.flatten(1)  # (attn_out, value)
-        b_out = self.attention.out_proj.bias
-        conv = self.fuse.conv
-        w_fuse = conv.weight.flatten(1)  # (out, fuse_in)
-        b_fuse = conv.bias if conv.bias is not None else w_fuse.new_zeros(w_fuse.shape[0])
-        scale, shift = _affine_of_norm(getattr(self.fuse, "norm", None), w_fuse.shape[0], w_fuse)
-        attn_out = w_out.shape[0]
-        w_a = w_fuse[:, :attn_out]
-        w_x = w_fuse[:, attn_out:] if self.fusion == "concat" else w_fuse
+        w_out, w_a, w_x = self._fusion_weights()
+        b_fuse = self.fuse.conv.bias
+        b_fuse = w_a.new_zeros(w_a.shape[0]) if b_fuse is None else b_fuse
+        scale, shift = _affine_of_norm(getattr(self.fuse, "norm", None), w_a.shape[0], w_a)
         self.fuse = FoldedFusion(
             (w_a @ w_out) * scale[:, None],
             w_x * scale[:, None],
-            (w_a @ b_out + b_fuse) * scale + shift,
+            (w_a @ self.attention.out_proj.bias + b_fuse) * scale + shift,
             getattr(self.fuse, "act", None),
         )
         self.attention.out_proj = None  # merged into it
@@ -124,13 +147,8 @@ class AttentionFusionBlock(nn.Module):
 
 
 class FoldedFusion(nn.Module):
-    """A folded block's fusion: ``act(W_c O + W_x X + b)`` (see ``fold_``), as two
-    accumulating GEMMs per batch, with no concatenation.
-
-    ``O`` comes in the attention's token layout ``(B, N, C_v)``; ``X`` is ``(B, C_in, *S)``.
-    With a channels-last ``X`` both are row-major ``(B N, C)`` matrices and the output is
-    written channels-last; otherwise it is contiguous. Shape: ``-> (B, C_out, *S)``.
-    """
+    """A folded block's fusion: ``act(W_c O + W_x X + b)`` (see ``fold_``) by ``fused_linear``.
+    Shapes: ``O (B, N, C_v)`` (token layout), ``X (B, C_in, *S)`` -> ``(B, C_out, *S)``."""
 
     def __init__(
         self,

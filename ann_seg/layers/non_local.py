@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from .asymmetric import check_channels
 from .attention import BACKENDS, attend
-from .conv import NormArg, check_dims, check_positive, conv_nd, resolve_norm_layer
+from .conv import NormArg, check_choice, check_dims, check_positive, conv_nd, resolve_norm_layer
 from .samplers import IdentitySampler, MaxPoolSampler
 
 MODES = ("embedded_gaussian", "gaussian", "dot_product", "concatenation")
@@ -83,13 +83,11 @@ class NonLocalBlock(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        check_positive("in_channels", in_channels)
+        check_positive(in_channels=in_channels)
         inter_channels = max(in_channels // 2, 1) if inter_channels is None else inter_channels
-        check_positive("inter_channels", inter_channels)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        check_positive(inter_channels=inter_channels)
+        check_choice("mode", mode, MODES)
+        check_choice("backend", backend, BACKENDS)
         if not isinstance(sub_sample, bool):
             raise ValueError(f"sub_sample must be a bool, got {sub_sample!r}")
         self.dims = check_dims(dims)

@@ -3,13 +3,13 @@
 Every sampler maps ``(B, C, *spatial)`` to ``(B, C, S)``. ``linear`` samplers commute with a
 1x1 convolution, so a linear projection may be applied before or after them with the same result.
 
-``PyramidPoolingSampler`` builds its pooling matrix from the traced input shape while tracing
-(TorchScript tracing for ``torch.onnx.export(dynamo=False)``, ``torch.export``/``torch.compile``),
-so exported graphs pool correctly at any input size; in eager mode it uses a cached matrix. Both
-constructions give bit-identical matrices.
+``PyramidPoolingSampler`` pools by a matmul with the exact adaptive-pooling matrix, cached per
+input shape; while tracing (``torch.onnx.export(dynamo=False)``, ``torch.export``,
+``torch.compile``) the matrix is built from the traced shape, so exported graphs pool exactly at
+any input size.
 """
 
-from functools import lru_cache
+import math
 from typing import Sequence, Tuple, Union
 
 import torch
@@ -21,26 +21,13 @@ from .conv import check_positive, max_pool_nd
 PoolSize = Union[int, Tuple[int, ...]]
 
 
-@lru_cache(maxsize=256)
-def _adaptive_pool_matrix_1d(length: int, bins: int) -> torch.Tensor:
-    """``(bins, length)`` adaptive average pooling with PyTorch's bin rule:
-    bin ``i`` averages ``[floor(i * L / n), ceil((i + 1) * L / n))``."""
+def _adaptive_pool_matrix_1d(length, bins: int) -> torch.Tensor:
+    """``(bins, length)`` adaptive average pooling with PyTorch's bin rule: bin ``i`` averages
+    ``[floor(i L / n), ceil((i + 1) L / n))``. Torch ops only, so ``length`` may be a traced
+    size (a 0-dim tensor under TorchScript tracing, a SymInt under ``torch.export``)."""
     i = torch.arange(bins, dtype=torch.int64)
     start = (i * length) // bins
-    end = -((-(i + 1) * length) // bins)
-    j = torch.arange(length, dtype=torch.int64)
-    inside = (j >= start[:, None]) & (j < end[:, None])
-    return inside.to(torch.float64) / (end - start).to(torch.float64)[:, None]
-
-
-def _adaptive_pool_matrix_1d_traceable(length, bins: int) -> torch.Tensor:
-    """``_adaptive_pool_matrix_1d`` with torch ops only, for a ``length`` that may be a traced
-    size (a 0-dim tensor under TorchScript tracing, a SymInt under ``torch.export``). The bin
-    bounds are the same integers (``ceil(a / n) = floor((a + n - 1) / n)`` for ``a >= 0``), so
-    the float64 matrix is identical."""
-    i = torch.arange(bins, dtype=torch.int64)
-    start = (i * length) // bins
-    end = ((i + 1) * length + (bins - 1)) // bins
+    end = ((i + 1) * length + (bins - 1)) // bins  # ceil(a / n) = floor((a + n - 1) / n)
     j = torch.arange(length, dtype=torch.int64)
     inside = (j >= start[:, None]) & (j < end[:, None])
     return inside.to(torch.float64) / (end - start).to(torch.float64)[:, None]
@@ -51,12 +38,17 @@ def adaptive_pool_matrix(
 ) -> torch.Tensor:
     """Matrix ``(prod(bins), prod(spatial))`` so that ``x.flatten(2) @ M.T`` equals
     ``adaptive_avg_poolNd(x, bins).flatten(2)``: adaptive average pooling is separable, so the
-    N-d matrix is the Kronecker product of the 1-d ones. Works for any sizes, including
-    bins larger than the input (bins then repeat input cells, as PyTorch does)."""
-    matrix = None
+    N-d matrix is the Kronecker product of the 1-d ones (spelled as a broadcast product, which
+    traces). Works for any sizes, including bins larger than the input (bins then repeat input
+    cells, as PyTorch does), and for traced sizes in ``spatial``."""
+    matrix, rows = None, 1
     for length, n in zip(spatial, bins):
-        m = _adaptive_pool_matrix_1d(int(length), int(n))
-        matrix = m if matrix is None else torch.kron(matrix, m)
+        m = _adaptive_pool_matrix_1d(length, int(n))
+        rows *= int(n)
+        if matrix is None:
+            matrix = m
+        else:
+            matrix = (matrix[:, None, :, None] * m[None, :, None, :]).reshape(rows, -1)
     return matrix.to(dtype=dtype, device=device)
 
 
@@ -69,10 +61,7 @@ class IdentitySampler(nn.Module):
         return x.flatten(2)
 
     def num_anchors(self, spatial: Sequence[int]) -> int:
-        n = 1
-        for s in spatial:
-            n *= s
-        return n
+        return math.prod(spatial)
 
 
 class PyramidPoolingSampler(nn.Module):
@@ -80,9 +69,7 @@ class PyramidPoolingSampler(nn.Module):
 
     ``pool_sizes=(1, 3, 6, 8)`` on 2-d input gives ``S = 1 + 9 + 36 + 64 = 110`` anchors
     whatever the input size. An int size pools every spatial dim to it; a tuple gives one size
-    per dim. Pooling is one matmul with a cached pooling matrix: exact adaptive average pooling
-    for any input size, and traceable for ONNX (no adaptive pooling op); while tracing, the
-    matrix is built from the traced shape, so dynamic-shape exports stay exact.
+    per dim. Pooling is one matmul (see the module docstring): no adaptive pooling op for ONNX.
     """
 
     linear = True
@@ -93,11 +80,13 @@ class PyramidPoolingSampler(nn.Module):
             raise ValueError(f"pool_sizes must be a non-empty sequence, got {pool_sizes!r}")
         for size in pool_sizes:
             for s in size if isinstance(size, tuple) else (size,):
-                check_positive("each pool size", s)
+                if not isinstance(s, int) or isinstance(s, bool) or s <= 0:
+                    raise ValueError(f"each pool size must be a positive int, got {s!r}")
         self.pool_sizes = tuple(pool_sizes)
         self._cache = {}
 
-    def _bins(self, dims: int):
+    def level_bins(self, dims: int):
+        """The bins of each pyramid level for ``dims``-d input (an int size on every dim)."""
         for size in self.pool_sizes:
             bins = size if isinstance(size, tuple) else (size,) * dims
             if len(bins) != dims:
@@ -105,45 +94,23 @@ class PyramidPoolingSampler(nn.Module):
             yield bins
 
     def num_anchors(self, spatial: Sequence[int]) -> int:
-        total = 0
-        for bins in self._bins(len(spatial)):
-            n = 1
-            for b in bins:
-                n *= b
-            total += n
-        return total
+        return sum(math.prod(bins) for bins in self.level_bins(len(spatial)))
 
     def pooling_matrix(self, spatial: Sequence[int], dtype, device) -> torch.Tensor:
         """``(S, N)`` matrix of all pyramid levels stacked (cached per shape/dtype/device)."""
         key = (tuple(int(s) for s in spatial), dtype, str(device))
-        matrix = self._cache.get(key)
-        if matrix is None:
-            matrix = torch.cat(
-                [
-                    adaptive_pool_matrix(key[0], bins, torch.float64)
-                    for bins in self._bins(len(spatial))
-                ]
-            ).to(dtype=dtype, device=device)
+        if key not in self._cache:
             if len(self._cache) > 32:
                 self._cache.clear()
-            self._cache[key] = matrix
-        return matrix
+            self._cache[key] = self.traceable_pooling_matrix(key[0], dtype, device)
+        return self._cache[key]
 
     def traceable_pooling_matrix(self, spatial: Sequence, dtype, device) -> torch.Tensor:
-        """``pooling_matrix`` built from (possibly traced) sizes with torch ops, uncached: the
-        Kronecker product is spelled as a broadcast product (the same float64 products)."""
-        levels = []
-        for bins in self._bins(len(spatial)):
-            matrix, rows = None, 1
-            for length, n in zip(spatial, bins):
-                m = _adaptive_pool_matrix_1d_traceable(length, int(n))
-                rows *= int(n)
-                matrix = (
-                    m
-                    if matrix is None
-                    else (matrix[:, None, :, None] * m[None, :, None, :]).reshape(rows, -1)
-                )
-            levels.append(matrix)
+        """``pooling_matrix`` built from (possibly traced) sizes, uncached."""
+        levels = [
+            adaptive_pool_matrix(spatial, bins, torch.float64)
+            for bins in self.level_bins(len(spatial))
+        ]
         return torch.cat(levels).to(dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -171,16 +138,14 @@ class MaxPoolSampler(nn.Module):
 
     def __init__(self, kernel_size: int = 2):
         super().__init__()
-        self.kernel_size = check_positive("kernel_size", kernel_size)
+        check_positive(kernel_size=kernel_size)
+        self.kernel_size = kernel_size
 
     def _kernel(self, spatial: Sequence[int]):
         return tuple(min(self.kernel_size, int(s)) for s in spatial)
 
     def num_anchors(self, spatial: Sequence[int]) -> int:
-        n = 1
-        for s, k in zip(spatial, self._kernel(spatial)):
-            n *= -(-int(s) // k)
-        return n
+        return math.prod(-(-int(s) // k) for s, k in zip(spatial, self._kernel(spatial)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel = self._kernel(x.shape[2:])
@@ -196,11 +161,7 @@ def build_sampler(sampler) -> nn.Module:
     ``dict(type='pyramid', pool_sizes=(1, 3, 6, 8))``, or a module."""
     if isinstance(sampler, nn.Module):
         return sampler
-    kinds = {
-        "identity": IdentitySampler,
-        "pyramid": PyramidPoolingSampler,
-        "maxpool": MaxPoolSampler,
-    }
+    kinds = dict(identity=IdentitySampler, pyramid=PyramidPoolingSampler, maxpool=MaxPoolSampler)
     if sampler is None:
         return IdentitySampler()
     if isinstance(sampler, str):

@@ -1,30 +1,18 @@
-"""The fast training mode (``ann-seg train --fast``, ``--fast-checkpoint``): one function,
-``enable_fast_training``, applied to a built segmentor by the training hook and by the
-benchmark's ``+fast`` / ``+cp`` variants.
+"""The fast training mode (``ann-seg train --fast``, ``--fast-checkpoint``, the benchmark's
+``+fast``/``+cp``): ``enable_fast_training`` changes how a built segmentor computes, not what.
+Parameters, buffers and state-dict keys stay (checkpoints load both ways, strictly); outputs
+and gradients equal the plain model's up to float rounding.
 
-It changes how the model computes, not what: parameters, buffers and state-dict keys stay as
-they are (a checkpoint saved in fast mode loads strictly into the plain model and back), and
-every output and gradient equals the plain model's up to float rounding.
+* Channels-last (the speed policy's choice: CUDA, and low precision on the CPU): 4-d
+  parameters channels-last and the backbone's input converted on entry (a pre-hook), so the
+  convolutions run NHWC and the attention blocks read tokens without copies.
+* APNB/AFNB: ``W_o`` merged into the fusion GEMM in the autograd graph (``_factored_fusion``).
+* ``checkpoint=True``: exact activation checkpointing (``ann_seg.layers.checkpointing``) of
+  every residual block of mmseg's ResNets and of every APNB/AFNB. Less memory, more time.
 
-* Channels-last (the speed policy turns it on on CUDA and for low precision on the CPU; in CPU
-  float32 it did not pay: the R-101 backbone's step 1.06-1.09x slower on a Xeon):
-  every 4-d parameter (conv weights) in channels-last memory format, and the backbone's input
-  converted on entry (a forward pre-hook), so the data preprocessor's output and the
-  benchmark's images reach the convolutions NHWC, and the attention blocks read their queries
-  and the pooled anchors in the token layout without copies.
-* APNB/AFNB: the output projection ``W_o`` merged into the fusion GEMM in the autograd graph
-  (``AttentionFusionBlock._factored_fusion``; no concatenation, no ``W_o`` output map).
-* ``checkpoint=True``: activation checkpointing of every residual block of mmseg's ResNets
-  (the units mmseg's ``with_cp`` checkpoints) and of every APNB/AFNB, exact
-  (``ann_seg.layers.checkpointing``: dropout masks replayed, BatchNorm statistics updated once
-  per step; mmseg's own ``with_cp`` updates them twice). Less memory, more time.
-
-In mmengine's Runner the mode is the hook ``FastTrainingHook`` (config:
-``custom_hooks = [dict(type="FastTrainingHook", checkpoint=False)]``; the speed policy's
-``apply_training_speed`` adds it). It applies the mode in ``before_train``, after the weights
-were initialised and a checkpoint loaded: random initialisation of a channels-last tensor
-draws its values in memory order, so converting first would train from other initial weights
-than the plain mode.
+In mmengine's Runner it is ``FastTrainingHook`` (added by the speed policy's
+``apply_training_speed``), applied in ``before_train``: after the weights are initialised and
+loaded, since random initialisation of a channels-last tensor draws other values.
 """
 
 from typing import Dict, Optional
@@ -123,16 +111,12 @@ class FastTrainingHook(Hook):
         channels_last: Optional[bool] = None,
         factored_fusion: bool = True,
     ):
-        for name, value in (
-            ("checkpoint", checkpoint),
-            ("channels_last", channels_last),
-            ("factored_fusion", factored_fusion),
-        ):
-            if not isinstance(value, bool) and not (name == "channels_last" and value is None):
-                raise ConfigError(f"{HOOK_TYPE}: {name} must be True or False, got {value!r}")
         self.levers = dict(
             checkpoint=checkpoint, channels_last=channels_last, factored_fusion=factored_fusion
         )
+        for name, value in self.levers.items():
+            if not isinstance(value, bool) and not (name == "channels_last" and value is None):
+                raise ConfigError(f"{HOOK_TYPE}: {name} must be True or False, got {value!r}")
 
     def before_train(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model

@@ -1,58 +1,28 @@
-"""A synthetic segmentation data set that can only be solved with long-range context.
+"""A synthetic segmentation data set that can only be solved with long-range context
+(docs/datasets.md, "The built-in synthetic set").
 
-What decides a pixel's label
-----------------------------
-Every image (``H x W``) has two parts:
+Every ``H x W`` image has a cue band, rows ``[0, cue_rows)`` with ``cue_rows = max(2,
+round(H / 16))``, of one saturated colour whose hue (``(k - 1) / K``, jittered by up to +-20 %
+of the spacing) picks the image's class ``k`` in ``1..K``; and two to five grey striped objects
+(discs, rotated rectangles, blobs), drawn whatever the class, in rows ``>= min_object_row =
+cue_rows + ceil(cue_distance * H)``, all labelled ``k``. Everything else, the band included,
+is background (0); 255 is never written. Every object pixel is at least ``min_cue_distance =
+ceil(cue_distance * H) + 1`` pixels from every cue pixel. A per-image colour gain (+-5 %) and
+per-pixel noise (sigma 0.03) keep exact colours from leaking from the band.
 
-* **The cue band** -- rows ``[0, cue_rows)`` with ``cue_rows = max(2, round(H / 16))``, filled with
-  one saturated colour.  Its hue is one of ``K`` evenly spaced hues (``hue = (k - 1) / K`` for class
-  ``k``), jittered per image by up to +-20 % of the hue spacing, with random saturation/brightness.
-  The band's hue picks the image's *cue class* ``k`` in ``1..K``.  Band pixels are labelled
-  background (0).
-* **The object region** -- rows ``>= min_object_row = cue_rows + ceil(0.4 * H)``.  Two to five
-  grey, striped objects (discs, rotated rectangles, blobs made of overlapping discs) with random
-  size, position, brightness and stripe orientation/period/phase sit on a darker, smoothly varying
-  grey background.  All objects of an image are labelled with its cue class ``k``; every other
-  pixel is background (0).
-
-Hence, whether a pixel is *object or background* is a local question (brightness and stripes),
-but *which object class* is decided only by the cue band, which lies more than ``0.4 * H`` pixels
-away: every object pixel is at Euclidean distance ``>= min_cue_distance = ceil(0.4 * H) + 1`` from
-every cue pixel.  Objects are rendered from random numbers whose distribution does not depend on
-the class, so a local window that stays more than ``0.4 * H`` below the band holds no information
-about the class.  (0.4 is the default ``cue_distance``; other fractions move the objects nearer
-to or farther from the band.)  A per-image random colour gain (+-5 % per channel) and per-pixel
-Gaussian noise (sigma = 0.03 of the range, per channel) are applied to the whole image, so no exact
-colour value can leak from the band into the objects.  The label value 255 ("ignore") is never
-written.
-
-Every image is generated from its own ``numpy`` Generator seeded with ``(seed, split, index)``: the
-data are byte-identical for equal parameters, and a split's content does not depend on the size of
-the other split.  The pixel content does not depend on the layout either (ADE20K images are JPEG,
-quality 95, so they differ from the PNGs by compression noise only).
-
-On-disk layouts (those read by mmseg's ``CityscapesDataset`` and ``ADE20KDataset``)
------------------------------------------------------------------------------------
-* ``cityscapes``: ``leftImg8bit/{train,val}/<city>/<city>_<seq:06d>_000019_leftImg8bit.png`` and
-  ``gtFine/{train,val}/<city>/<same stem>_gtFine_labelTrainIds.png`` (uint8 train ids ``0..K``),
-  two made-up cities per split, sample ``i`` in city ``i % 2`` with sequence number ``i // 2``.
-  With ``K <= 18`` (train ids of Cityscapes' 19 classes: 0 road, 1 sidewalk, ...) also what
-  Cityscapes ships: ``<stem>_gtFine_polygons.json`` (one polygon per connected region, largest
-  first, plus one-pixel polygons where a region's outline alone would miss pixels, so that
-  cityscapesScripts' ``json2labelImg`` draws exactly the label map) and
-  ``<stem>_gtFine_labelIds.png`` (label ids: 7 road, 8 sidewalk, ...) and
-  ``<stem>_gtFine_instanceIds.png`` (what the official evaluation reads).
-* ``ade20k``: ``images/{training,validation}/ADE_{train,val}_<i + 1:08d>.jpg`` and
-  ``annotations/{training,validation}/<same stem>.png`` holding ``class id + 1`` (value 0, "other",
-  is never written), to be read with ``reduce_zero_label=True``.
-
-A manifest ``ann_seg_synthetic.json`` in the root records the parameters; generating again with the
-same parameters into a complete data set is a no-op.
+Each image comes from its own ``numpy`` Generator seeded with ``(seed, split, index)``:
+byte-identical for equal parameters, independent of the other split's size and of the layout
+(Cityscapes' or ADE20K's, ``_sample_paths``; ADE20K images are JPEG, quality 95). A manifest
+in the root records the parameters; generating again the same set is a no-op. With
+``K <= 18`` the Cityscapes layout also holds what Cityscapes ships: ``*_gtFine_polygons.json``
+(drawn by cityscapesScripts' ``json2labelImg`` into exactly the label map),
+``*_gtFine_labelIds.png`` and ``*_gtFine_instanceIds.png``.
 """
 
 from __future__ import annotations
 
 import colorsys
+import contextlib
 import json
 import math
 import os
@@ -63,25 +33,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ann_seg.io import Progress, atomic_write_bytes
+from ann_seg.io import Progress, atomic_write_bytes, atomic_write_text
 
 from .cityscapes import INSTANCE_IDS, LABELS, NUM_TRAIN_IDS, train_id_to_id_lut
-
-__all__ = [
-    "CUE_BAND_FRACTION",
-    "LAYOUTS",
-    "MANIFEST_NAME",
-    "MIN_CUE_DISTANCE_FRACTION",
-    "SPLITS",
-    "SYNTHETIC_CLASSES",
-    "SYNTHETIC_PALETTE",
-    "LongRangeGeometry",
-    "SyntheticSample",
-    "generate_long_range_dataset",
-    "long_range_geometry",
-    "render_long_range_sample",
-    "synthetic_metainfo",
-]
 
 CUE_BAND_FRACTION = 1 / 16
 MIN_CUE_DISTANCE_FRACTION = 0.4
@@ -113,29 +67,20 @@ def _check_num_classes(num_classes: int) -> None:
         raise ValueError(f"num_classes must be in 1..254, got {num_classes}")
 
 
-def _class_names(num_classes: int) -> tuple[str, ...]:
-    names = [
-        f"class_{chr(ord('a') + i)}" if i < 26 else f"class_{i + 1}" for i in range(num_classes)
-    ]
-    return ("background", *names)
-
-
 def _cue_rgb(hue: float, saturation: float, value: float) -> tuple[float, float, float]:
     return colorsys.hsv_to_rgb(hue % 1.0, saturation, value)
 
 
 def synthetic_metainfo(num_classes: int = 4) -> dict[str, tuple]:
-    """Class names and palette (mmseg ``METAINFO`` style) for ``num_classes`` object classes.
-
-    The palette colour of object class ``k`` is the nominal colour of its cue band; background is
-    black.
-    """
+    """Class names and palette (mmseg ``METAINFO`` style) for ``num_classes`` object classes:
+    object class ``k`` has the nominal colour of its cue band, background is black."""
     _check_num_classes(num_classes)
-    palette = [(0, 0, 0)]
+    names, palette = ["background"], [(0, 0, 0)]
     for k in range(1, num_classes + 1):
+        names.append(f"class_{chr(ord('a') + k - 1)}" if k <= 26 else f"class_{k}")
         rgb = _cue_rgb((k - 1) / num_classes, _CUE_SATURATION, _CUE_VALUE)
         palette.append(tuple(round(255 * c) for c in rgb))
-    return {"classes": _class_names(num_classes), "palette": tuple(palette)}
+    return {"classes": tuple(names), "palette": tuple(palette)}
 
 
 SYNTHETIC_CLASSES = synthetic_metainfo(4)["classes"]
@@ -361,12 +306,15 @@ def _split_dirs(layout: str, split: str) -> tuple[str, str]:
     return f"images/{_ADE_SPLIT_DIRS[split]}", f"annotations/{_ADE_SPLIT_DIRS[split]}"
 
 
+def _counts(params: dict[str, Any]) -> dict[str, int]:
+    return {"train": params["num_train"], "val": params["num_val"]}
+
+
 def _expected_paths(params: dict[str, Any]) -> list[str]:
-    counts = {"train": params["num_train"], "val": params["num_val"]}
     return [
         path
-        for split in SPLITS
-        for index in range(counts[split])
+        for split, count in _counts(params).items()
+        for index in range(count)
         for path in _sample_paths(params["layout"], split, index)
         + _cityscapes_extras(params, split, index)
     ]
@@ -404,12 +352,12 @@ def _write_manifest(root: str, params: dict[str, Any], complete: bool) -> None:
         "generator": _GENERATOR_ID,
         "params": params,
         "complete": complete,
-        "counts": {"train": params["num_train"], "val": params["num_val"]},
+        "counts": _counts(params),
         "classes": list(metainfo["classes"]),
         "palette": [list(color) for color in metainfo["palette"]],
     }
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    atomic_write_bytes(os.path.join(root, MANIFEST_NAME), text.encode("utf-8"))
+    atomic_write_text(os.path.join(root, MANIFEST_NAME), text)
 
 
 def _remove_stale_files(root: str, old_params: dict[str, Any], new_paths: set[str]) -> None:
@@ -419,10 +367,8 @@ def _remove_stale_files(root: str, old_params: dict[str, Any], new_paths: set[st
         if os.path.isfile(os.path.join(root, path)):
             os.remove(os.path.join(root, path))
     for directory in sorted({os.path.dirname(path) for path in stale}, reverse=True):
-        try:
-            os.removedirs(os.path.join(root, directory))  # only removes empty directories
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):  # only empty directories are removed
+            os.removedirs(os.path.join(root, directory))
 
 
 def _check_foreign_files(root: str, layout: str) -> None:
@@ -439,11 +385,11 @@ def _check_foreign_files(root: str, layout: str) -> None:
 
 def _summary(root: str, params: dict[str, Any], generated: bool) -> dict[str, Any]:
     metainfo = synthetic_metainfo(params["num_classes"])
-    counts = {"train": params["num_train"], "val": params["num_val"]}
+    cue_distance = params.get("cue_distance", MIN_CUE_DISTANCE_FRACTION)
     splits = {}
-    for split in SPLITS:
+    for split, count in _counts(params).items():
         img_dir, ann_dir = _split_dirs(params["layout"], split)
-        splits[split] = {"img_dir": img_dir, "ann_dir": ann_dir, "num_samples": counts[split]}
+        splits[split] = {"img_dir": img_dir, "ann_dir": ann_dir, "num_samples": count}
     is_cityscapes = params["layout"] == "cityscapes"
     return {
         "root": root,
@@ -457,10 +403,8 @@ def _summary(root: str, params: dict[str, Any], generated: bool) -> dict[str, An
         "seed": params["seed"],
         "classes": metainfo["classes"],
         "palette": metainfo["palette"],
-        "cue_distance": params.get("cue_distance", MIN_CUE_DISTANCE_FRACTION),
-        "geometry": long_range_geometry(
-            tuple(params["size"]), params.get("cue_distance", MIN_CUE_DISTANCE_FRACTION)
-        )._asdict(),
+        "cue_distance": cue_distance,
+        "geometry": long_range_geometry(tuple(params["size"]), cue_distance)._asdict(),
         "manifest": os.path.join(root, MANIFEST_NAME),
         "generated": generated,
     }
@@ -522,28 +466,25 @@ def generate_long_range_dataset(
             and all(os.path.isfile(os.path.join(root, path)) for path in new_paths)
         ):
             return _summary(root, params, generated=False)
-        try:
+        # a manifest with unreadable parameters: nothing known to clean up
+        with contextlib.suppress(KeyError, TypeError, ValueError):
             _remove_stale_files(root, manifest["params"], set(new_paths))
-        except (KeyError, TypeError, ValueError):
-            pass  # a manifest with unreadable parameters: nothing known to clean up
 
     os.makedirs(root, exist_ok=True)
     _write_manifest(root, params, complete=False)
-    bar = Progress(num_train + num_val, enabled=progress, stream=sys.stdout)
-    for split, count in (("train", num_train), ("val", num_val)):
-        for index in range(count):
-            sample = render_long_range_sample(
-                seed, split, index, (height, width), num_classes, cue_distance
-            )
-            image_path, label_path = _sample_paths(layout, split, index)
-            image_bytes, label_bytes = _encode_sample(layout, sample)
-            atomic_write_bytes(os.path.join(root, image_path), image_bytes)
-            atomic_write_bytes(os.path.join(root, label_path), label_bytes)
-            extras = _cityscapes_extras(params, split, index)
-            if extras:
+    with Progress(num_train + num_val, enabled=progress, stream=sys.stdout) as bar:
+        for split, count in (("train", num_train), ("val", num_val)):
+            for index in range(count):
+                sample = render_long_range_sample(
+                    seed, split, index, (height, width), num_classes, cue_distance
+                )
+                image_path, label_path = _sample_paths(layout, split, index)
+                image_bytes, label_bytes = _encode_sample(layout, sample)
+                atomic_write_bytes(os.path.join(root, image_path), image_bytes)
+                atomic_write_bytes(os.path.join(root, label_path), label_bytes)
+                extras = _cityscapes_extras(params, split, index)
                 for path, data in zip(extras, _encode_cityscapes_extras(sample.label)):
                     atomic_write_bytes(os.path.join(root, path), data)
-            bar.update()
-    bar.close()
+                bar.update()
     _write_manifest(root, params, complete=True)
     return _summary(root, params, generated=True)

@@ -3,17 +3,9 @@
 ``LoadImageOrSkip`` (mmcv's ``LoadImageFromFile``, same arguments) and
 ``LoadAnnotationsOrSkip`` (mmseg's ``LoadAnnotations`` plus ``num_classes``/``ignore_index``)
 return ``None`` for a file that cannot be used, so mmengine's ``BaseDataset`` draws another
-sample; each skipped file is logged once per process, with the reason and the running count.
-The count is shared with the data loader's workers; ``SkippedSamplesHook`` logs it. Train
-pipelines only: a test-mode data set refuses ``None``.
-
-The synthetic-set configs (demo, compare) use them. The Cityscapes/ADE20K configs take their
-pipelines from mmseg's bases; there, ``--cfg-options
-train_dataloader.dataset.pipeline.0.type=LoadImageOrSkip
-train_dataloader.dataset.pipeline.1.type=LoadAnnotationsOrSkip
-+train_dataloader.dataset.pipeline.1.num_classes=19`` (the range check needs ``num_classes``)
-enables them; ``custom_hooks = [dict(type="SkippedSamplesHook")]`` in a config of your own adds
-the end-of-training count.
+sample; each skipped file is logged once per process, with the reason and the running count,
+shared with the data loader's workers (``SkippedSamplesHook`` logs it). Train pipelines only.
+The synthetic-set configs use them; for the others see docs/reliability.md.
 """
 
 import hashlib
@@ -174,23 +166,15 @@ def label_map_problems(
         return [(NOT_SINGLE_CHANNEL, f"shape {tuple(label.shape)}, expected (H, W) class indices")]
     problems = []
     if image_shape is not None and tuple(label.shape) != tuple(image_shape[:2]):
-        problems.append(
-            (
-                SIZE_MISMATCH,
-                f"label map {label.shape[1]}x{label.shape[0]}, "
-                f"image {image_shape[1]}x{image_shape[0]}",
-            )
+        sizes = (
+            f"label map {label.shape[1]}x{label.shape[0]}, image {image_shape[1]}x{image_shape[0]}"
         )
+        problems.append((SIZE_MISMATCH, sizes))
     if num_classes is not None:
         values = np.unique(label)
         bad = values[(values >= num_classes) & (values != ignore_index)]
         if bad.size:
             shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
-            problems.append(
-                (
-                    OUT_OF_RANGE,
-                    f"values {shown} outside the classes 0..{num_classes - 1} "
-                    f"and the ignore index {ignore_index}",
-                )
-            )
+            limits = f"the classes 0..{num_classes - 1} and the ignore index {ignore_index}"
+            problems.append((OUT_OF_RANGE, f"values {shown} outside {limits}"))
     return problems

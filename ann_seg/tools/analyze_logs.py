@@ -1,13 +1,11 @@
 """Plot training curves (loss, learning rate, validation mIoU, ...) from mmengine's logs.
 
-Reads WORK_DIR/<timestamp>/vis_data/scalars.json (mmengine's LocalVisBackend: one JSON record
-per logged training iteration and per validation) of one or more work dirs, or such files
-directly; the runs of a resumed work dir are joined in time order (a later run's step wins).
-One panel per key against the iteration, one line per work dir; validation metrics (mIoU, mAcc,
-aAcc) have a marker per validation. Prints each curve's last value (and the best mIoU/mAcc/aAcc
-with its iteration). Needs matplotlib only: mmseg's tools/analysis_tools/analyze_logs.py needs
-seaborn and pandas, which ann_seg does not install, and reads mmseg 0.x json logs. The figure is
-written atomically.
+Reads WORK_DIR/<timestamp>/vis_data/scalars.json (mmengine's LocalVisBackend) of one or more
+work dirs, or such files; the runs of a resumed work dir are joined in time order (a later
+run's step wins). One panel per key against the iteration, one line per work dir; validation
+metrics (mIoU, mAcc, aAcc) get a marker per validation. Prints each curve's last value (and the
+best mIoU/mAcc/aAcc). Needs matplotlib only (mmseg's analyze_logs.py needs seaborn and pandas
+and reads mmseg 0.x logs). The figure is written atomically.
 
 Examples:
   ann-seg analyze-logs work_dirs/demo --out work_dirs/demo/curves.png

@@ -1,15 +1,12 @@
 """Benchmark configs side by side: latency, throughput, peak memory, parameters, multiply-adds.
 
-CONFIG is a path, ann_seg::<dir>/<file>.py or an mmseg name
-(mmseg::ann/ann_r101-d8_4xb2-80k_cityscapes-512x1024.py), with the speed policy's suffixes
-(docs/performance.md), so that any mix is one interleaved run: +fast (what --fast does:
-native low precision, channels-last, folding for inference, the fast attention graph for
-training), +bf16 / +fp16 / +fp32, +cl (channels-last), +fuse, +compile, +cp (activation
-checkpointing), +amp (autocast on the unmodified model: mmseg's own AMP); +withcp mmseg's
-with_cp. Without suffixes a config runs in float32 as written. Complexity is given in GMAC
-(10^9 multiply-adds per image, forward; 1 GMAC = 2 GFLOP). All configs at a size are timed
-interleaved. Exit status 1 if a config failed to build or run (it is still reported, as an
-error row); 2 if a config file is missing or an option is wrong. See docs/benchmarks.md.
+CONFIG is a path, ann_seg::<dir>/<file>.py or an mmseg name, with the speed policy's suffixes
+(docs/performance.md) so that any mix is one interleaved run: +fast (what --fast does), +bf16,
++fp16, +fp32, +cl (channels-last), +fuse, +compile, +cp (activation checkpointing), +amp
+(autocast on the unmodified model: mmseg's AMP), +withcp (mmseg's with_cp). Without suffixes a
+config runs in float32 as written. GMAC: 10^9 multiply-adds per image, forward (1 GMAC = 2
+GFLOP). Exit status 1 if a config failed to build or run (it is still reported, as an error
+row); 2 if a config file is missing or an option is wrong. See docs/benchmarks.md.
 
 Examples:
   ann-seg benchmark ann_seg::demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py --repeat 3
@@ -17,8 +14,7 @@ Examples:
       mmseg::ann/ann_r101-d8_4xb2-80k_cityscapes-512x1024.py+amp \\
       ann_seg::ann/ann_r101-d8_4xb2-80k_cityscapes-512x1024.py+fast --repeat 3 --warmup 1
   ann-seg benchmark CONFIG --shapes 256 512 512 1024 --no-flops --plot latency.png
-  ann-seg benchmark mmseg::ann/ann_r101-d8_4xb2-80k_cityscapes-512x1024.py \\
-      ann_seg::ann/ann_r101-d8_4xb2-80k_cityscapes-512x1024.py+fast+cp --mode train
+  ann-seg benchmark CONFIG CONFIG+fast+cp --mode train
   ann-seg benchmark CONFIG+cl CONFIG+fuse --part head --flop-rate --json heads.json
 """
 
@@ -40,8 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         "configs",
         nargs="+",
         metavar="CONFIG",
-        help="config files, ann_seg:: or mmseg::<dir>/<name>.py names, each with speed "
-        "suffixes: +fast, +bf16, +fp16, +fp32, +amp, +cl, +fuse, +compile, +cp, +withcp",
+        help="config files, ann_seg:: or mmseg:: names, each with speed suffixes (above)",
     )
     shape = parser.add_mutually_exclusive_group()
     shape.add_argument(

@@ -2,9 +2,9 @@
 
 Input [B, 2048, H, W] (default 128x256, the paper's "256x128"), key/value channels 256, eval
 mode, no_grad; time and peak memory minus an identity block's, ratios against the non-local
-block. The paper compared only APNB's attention unit with the NL unit (apnb_attention vs
-nl_attention), at 256x128 on a GPU; its figures are quoted for that pair only. Exit status 1 if
-a row failed (skipped rows are fine). See docs/benchmark.md.
+block. The paper's figures are quoted only beside the pair it measured (apnb_attention vs
+nl_attention, at 256x128 on a GPU). Exit status 1 if a row failed (skipped rows are fine).
+See docs/benchmarks.md.
 
 Examples:
   ann-seg benchmark-blocks --shape 64 128 --repeat 3 --warmup 1 --threads 1
@@ -71,17 +71,16 @@ def main(argv=None) -> int:
         print(f"error: device {args.device!r} requested but CUDA is not available", file=sys.stderr)
         return cli.USAGE_ERROR
     choose_threads(args.threads)
-    dims = BlockDims(args.in_channels, args.key_channels, args.low_channels)
     return run_block_benchmark(
-        tuple(args.shape),
-        dims,
-        args.rows,
-        args.batch_size,
-        args.repeat,
-        args.warmup,
-        args.device,
-        args.max_memory_gb or None,
         args.json,
+        shape=tuple(args.shape),
+        dims=BlockDims(args.in_channels, args.key_channels, args.low_channels),
+        rows=args.rows,
+        batch_size=args.batch_size,
+        repeat=args.repeat,
+        warmup=args.warmup,
+        device=args.device,
+        max_memory_gb=args.max_memory_gb or None,
         progress=not args.no_progress,
     )
 

@@ -4,9 +4,8 @@ predictions (pixel agreement of the label maps, logit distance).
 A mode is the speed policy's suffixes joined by + (docs/performance.md): fp32 (the reference,
 always run), fast (what ann-seg infer --fast runs), fuse, bf16, fp16, cl, amp (autocast on the
 unmodified model: mmseg's AMP), e.g. fuse+bf16+cl. A low precision this CPU does not compute
-natively (no AVX512-BF16/AMX) is emulated, slow: the output says which this run had.
-CHECKPOINT "random" uses seeded random weights (timing and numerics of architectures without a
-trained checkpoint).
+natively (no AVX512-BF16/AMX) is emulated, slow: the output says which. CHECKPOINT "random":
+seeded random weights.
 
 Examples:
   ann-seg benchmark-inference ann_seg::demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py \\
@@ -18,11 +17,7 @@ Examples:
 import argparse
 import sys
 
-from ann_seg.benchmark.inference_modes import (
-    compare_inference_modes,
-    describe,
-    modes_table,
-)
+from ann_seg.benchmark.inference_modes import compare_inference_modes, describe, modes_table
 from ann_seg.benchmark.report import write_json
 from ann_seg.inference.threads import add_threads_argument, choose_threads
 from ann_seg.tools import cli

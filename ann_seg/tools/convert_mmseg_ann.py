@@ -1,13 +1,12 @@
 """Convert an mmseg ANN (ANNHead) or NonLocal (NLHead) checkpoint into an ann_seg (ANNSegHead,
 NLSegHead) checkpoint.
 
-Keeps the backbone and auxiliary head, renames the decode head's modules, drops mmseg's
-duplicate of the shared APNB query/key projection; with --config, checks that every tensor of
-that config's model is present with the right shape. The output is written atomically; a
-checkpoint that is not an mmseg ANN/NonLocal model, truncated, unsafe or of the wrong shapes is
-refused (exit status 2) and nothing is written. Not needed to run mmseg's published models:
+Keeps the backbone and auxiliary head, renames the decode head's modules; with --config, checks
+that every tensor of that config's model is present with the right shape. Written atomically;
+a checkpoint that is not an mmseg ANN/NonLocal model, truncated, unsafe or of the wrong shapes
+is refused (exit status 2) and nothing is written. Not needed to run mmseg's published models:
 ann-seg infer/test take their names or URLs and convert in memory (ann-seg models). See
-README, "Using mmseg's published ANN checkpoints".
+docs/training.md.
 
 Examples:
   ann-seg convert ann_r101-d8_769x769_40k_cityscapes_20200530_025720-059bff28.pth \\

@@ -19,7 +19,7 @@ def act_layer_from_cfg(act_cfg: Optional[dict]) -> Optional[Callable[[], nn.Modu
     return lambda: build_activation_layer(act_cfg)
 
 
-def check_in_channels(head: str, in_channels, in_index, count: int) -> Sequence[int]:
+def check_in_channels(head: str, in_channels, in_index, count: int = 2) -> Sequence[int]:
     """Validate a multi-input head's ``in_channels``/``in_index`` when the model is built."""
     if not isinstance(in_channels, (list, tuple)) or len(in_channels) != count:
         raise ValueError(

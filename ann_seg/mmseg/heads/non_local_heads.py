@@ -16,11 +16,16 @@ from .cfg import check_single_in_channels, norm_layer_from_cfg
 
 
 class _BlockHead(FCNHead):
-    """FCNHead with two convs and an attention block between them."""
+    """FCNHead with two convs and an attention block between them, whose bottleneck has
+    ``channels // reduction`` channels (``reduced_channels``)."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, reduction: int = 2, **kwargs):
         check_single_in_channels(type(self).__name__, kwargs.get("in_channels"))
         super().__init__(num_convs=2, **kwargs)
+        if not isinstance(reduction, int) or reduction <= 0:
+            name = type(self).__name__
+            raise ValueError(f"{name}: reduction must be a positive int, got {reduction!r}")
+        self.reduced_channels = self.channels // reduction
 
     def forward(self, inputs) -> torch.Tensor:
         x = self._transform_inputs(inputs)
@@ -53,12 +58,10 @@ class NLSegHead(_BlockHead):
         attention_backend: str = "auto",
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        if not isinstance(reduction, int) or reduction <= 0:
-            raise ValueError(f"NLSegHead: reduction must be a positive int, got {reduction!r}")
+        super().__init__(reduction, **kwargs)
         self.block = NonLocalBlock(
             self.channels,
-            max(self.channels // reduction, 1),
+            max(self.reduced_channels, 1),
             mode=mode,
             sub_sample=sub_sample,
             use_scale=use_scale,
@@ -95,13 +98,10 @@ class CGNLSegHead(_BlockHead):
         block_norm_cfg: Optional[dict] = None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        if not isinstance(reduction, int) or reduction <= 0:
-            raise ValueError(f"CGNLSegHead: reduction must be a positive int, got {reduction!r}")
-        inter = inter_channels if inter_channels is not None else self.channels // reduction
+        super().__init__(reduction, **kwargs)
         self.block = CGNLBlock(
             self.channels,
-            inter,
+            self.reduced_channels if inter_channels is None else inter_channels,
             groups=groups,
             kernel=kernel,
             order=order,
