@@ -32,7 +32,8 @@ class Progress:
         if not self.active:
             return
         self.done = min(self.total, self.done + count)
-        while self.next_line <= LOG_STEPS and self.done * LOG_STEPS >= self.next_line * self.total:
+        step = self.done * LOG_STEPS // self.total  # the last quarter reached
+        if step >= self.next_line:
             elapsed = time.perf_counter() - self.start
             rate = self.done / elapsed if elapsed > 0 else float("inf")
             self.stream.write(
@@ -40,7 +41,7 @@ class Progress:
                 f"{rate:.2f}/s, {elapsed:.0f} s elapsed\n"
             )
             self.stream.flush()
-            self.next_line += 1
+            self.next_line = step + 1
 
     def close(self) -> None:
         if self.bar is not None:

@@ -14,7 +14,9 @@ A tool's script is::
 """
 
 import argparse
+import logging
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -22,6 +24,7 @@ from typing import Callable, Optional, Sequence
 
 from mmengine.config import DictAction
 from mmengine.config.utils import ConfigParsingError
+from mmengine.logging import MMLogger
 
 from ann_seg.inference import InferenceInputError, OutputStorageError
 from ann_seg.io import ImageError
@@ -53,7 +56,35 @@ _QUIET_WARNINGS = (
     ("ignore", r"``build_loss`` would be deprecated soon", UserWarning),
     ("ignore", r"`broadcast_buffers` is deprecated", FutureWarning),
     ("ignore", r"The draw is False", UserWarning),
+    ("ignore", r".*instance named of .* has been created", UserWarning),  # mmengine's managers
 )
+# mmengine log lines that say nothing to act on (deprecations inside mmengine itself, a metric
+# without a prefix, "resumed from None" on a first run)
+_QUIET_LOG_LINES = re.compile(
+    r"The prefix is not set in metric class|\"FileClient\" will be deprecated|"
+    r"\"HardDiskBackend\" is the alias|Did not find last_checkpoint to be resumed|"
+    r"Auto resumed from the latest checkpoint None"
+)
+
+
+def _keep_log_record(record: logging.LogRecord) -> bool:
+    return not _QUIET_LOG_LINES.search(record.getMessage())
+
+
+def _quiet_mmengine_logs() -> None:
+    """``_keep_log_record`` as a filter of every mmengine logger, present and future."""
+    if getattr(MMLogger, "_ann_seg_quiet", False):
+        return
+    init = MMLogger.__init__
+
+    def quiet_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.addFilter(_keep_log_record)
+
+    MMLogger.__init__ = quiet_init
+    MMLogger._ann_seg_quiet = True
+    for logger in MMLogger._instance_dict.values():
+        logger.addFilter(_keep_log_record)
 
 
 def quiet_warnings() -> None:
@@ -61,6 +92,7 @@ def quiet_warnings() -> None:
     the processes it starts (``PYTHONWARNINGS`` is inherited)."""
     for action, message, category in _QUIET_WARNINGS:
         warnings.filterwarnings(action, message=message, category=category)
+    _quiet_mmengine_logs()
     extra = "ignore::DeprecationWarning:pkg_resources"
     current = os.environ.get("PYTHONWARNINGS")
     os.environ["PYTHONWARNINGS"] = f"{current},{extra}" if current else extra
