@@ -49,7 +49,7 @@ WITH_CFG_OPTIONS = [
     "train",
     "visualize_attention",
 ]
-WITH_THREADS = ["benchmark", "benchmark_blocks", "benchmark_inference", "infer"]
+WITH_THREADS = ["benchmark", "benchmark_blocks", "benchmark_inference", "infer", "test", "train"]
 
 
 def load_tool(name):

@@ -18,6 +18,7 @@ import argparse
 import os
 import sys
 
+from ann_seg.inference.threads import add_threads_argument, choose_threads
 from ann_seg.mmseg.evaluation import METRICS_CHOICES
 from ann_seg.mmseg.runner import test
 from ann_seg.mmseg.speed import add_speed_arguments, default_device, speed_policy
@@ -70,6 +71,7 @@ def parse_args(argv=None):
         help="load the checkpoint even if keys are missing or unexpected (mmseg's behaviour)",
     )
     add_speed_arguments(parser, "test")
+    add_threads_argument(parser)
     cli.add_cfg_options_argument(parser)
     parser.add_argument(
         "--launcher",
@@ -89,6 +91,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    choose_threads(args.threads)
     test(
         args.config,
         args.checkpoint,

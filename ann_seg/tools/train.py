@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 
+from ann_seg.inference.threads import add_threads_argument, choose_threads
 from ann_seg.mmseg import DataCheckError
 from ann_seg.mmseg.runner import train
 from ann_seg.mmseg.speed import add_speed_arguments, default_device, speed_policy
@@ -41,6 +42,7 @@ def parse_args(argv=None):
         help="scan the train and val sets first (as ann-seg check-dataset); stop with exit "
         "status 1 if an image or label map is unusable",
     )
+    add_threads_argument(parser)
     cli.add_cfg_options_argument(parser)
     parser.add_argument(
         "--launcher",
@@ -60,6 +62,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    choose_threads(args.threads)
     try:
         train(
             args.config,
