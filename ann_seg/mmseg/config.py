@@ -81,7 +81,9 @@ def read_config(config: ConfigLike) -> Config:
     if not osp.isfile(config):
         raise FileNotFoundError(f"config file not found: {config}")
     try:
-        return Config.fromfile(config)  # imports the config's custom_imports
+        cfg = Config.fromfile(config)  # imports the config's custom_imports
+        _registry_scope(cfg._cfg_dict)
+        return cfg
     except SyntaxError as error:  # mmengine parses without the file name ("<unknown>")
         raise ConfigError(_syntax_error_location(config, error)) from None
     except ImportError as error:
@@ -116,6 +118,19 @@ def import_custom_modules(cfg: Config) -> None:
         import_modules_from_strings(**cfg.custom_imports)
     except ImportError as error:
         raise ConfigError(_import_failure(cfg.filename or "the config", error)) from None
+
+
+def _registry_scope(node) -> None:
+    """``_base_ = ['ann_seg::...']`` tags the inherited dicts ``_scope_='ann_seg'``, which
+    names no registry: ann_seg registers in mmseg's, so those dicts build in mmseg's scope."""
+    if isinstance(node, dict):
+        if node.get("_scope_") == PACKAGE_SCOPE:
+            node["_scope_"] = "mmseg"
+        for value in node.values():
+            _registry_scope(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _registry_scope(value)
 
 
 def _syntax_error_location(path: str, error: SyntaxError) -> str:

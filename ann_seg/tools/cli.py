@@ -36,6 +36,7 @@ KNOWN_ERRORS = (
     ConfigError,
     ConfigParsingError,
     CorruptCheckpointError,
+    FileExistsError,
     FileNotFoundError,
     ImageError,
     InferenceInputError,

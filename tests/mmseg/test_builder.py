@@ -7,6 +7,8 @@ import sys
 
 import pytest
 import torch
+from mmengine.registry import MODELS as ENGINE_MODELS
+from mmengine.registry import init_default_scope
 from mmengine.runner.checkpoint import CheckpointLoader
 
 import ann_seg
@@ -19,7 +21,7 @@ from ann_seg.mmseg import (
     uninstall_checkpoint_safety,
 )
 from ann_seg.mmseg.checkpoint import checkpoint_safety_installed, load_from_local_safe
-from ann_seg.mmseg.config import CONFIG_ROOT
+from ann_seg.mmseg.config import CONFIG_ROOT, replace_sync_bn
 
 DEMO = "ann_seg::demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py"
 FCN = "ann_seg::compare/fcn_r18-d8_1xb8-800it_synthetic-64x128.py"
@@ -42,6 +44,15 @@ def test_a_user_config_inherits_a_packaged_one(tmp_path):
     cfg = load_config(str(own))
     assert cfg.model.decode_head.type == "ANNSegHead" and cfg.model.decode_head.num_classes == 7
     assert cfg.work_dir == osp.join("./work_dirs", "my_ann")
+    # the Runner builds through mmengine's root registry: the inherited dicts must name mmseg's
+    # scope (mmengine tags them 'ann_seg', which is no registry)
+    init_default_scope("mmseg")
+    cfg.model.backbone.depth = 18
+    cfg.model.decode_head.in_channels = [256, 512]
+    cfg.model.auxiliary_head.in_channels = 256
+    replace_sync_bn(cfg._cfg_dict)
+    model = ENGINE_MODELS.build(cfg.model)
+    assert type(model.decode_head).__name__ == "ANNSegHead"
 
 
 def test_build_is_single_process_and_downloads_nothing():
