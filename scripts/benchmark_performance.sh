@@ -23,12 +23,15 @@ for part in ${@:-inference train folder modes}; do
   case $part in
     inference)
       run inference_r101_512x1024 ann-seg benchmark mmseg::$ANN mmseg::$ANN+amp ann_seg::$ANN+fast \
-        --shape 512 1024 --repeat 3 --warmup 1 --threads "$THREADS" --no-flops --no-progress \
+        ann_seg::$ANN+fuse+cl --shape 512 1024 --repeat 3 --warmup 1 --threads "$THREADS" --no-flops --no-progress \
         --json "$OUT/perf_inference_r101_512x1024.json" ;;
     train)
-      run train_r101 ann-seg benchmark mmseg::$ANN mmseg::$ANN+amp ann_seg::$ANN+fast \
-        ann_seg::$ANN+fast+cp --mode train --shapes 256 512 512 1024 --repeat 3 --warmup 1 \
-        --threads "$THREADS" --no-flops --no-progress --json "$OUT/perf_train_r101.json" ;;
+      for shape in "256 512" "512 1024"; do
+        name=train_r101_${shape/ /x}
+        run "$name" ann-seg benchmark mmseg::$ANN mmseg::$ANN+amp ann_seg::$ANN+fast \
+          ann_seg::$ANN+fast+cp --mode train --shape $shape --repeat 3 --warmup 1 \
+          --threads "$THREADS" --no-flops --no-progress --json "$OUT/perf_$name.json"
+      done ;;
     folder)
       run folder_r101_512x1024 python -m research.folder_throughput ann_seg::$ANN --speed \
         --size 512 1024 --images 10 --rounds 2 --threads "$THREADS" --no-progress \
