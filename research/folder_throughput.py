@@ -14,7 +14,8 @@ Examples (from the repository root):
   # --speed: mmseg's inferencer vs ann-seg infer (fp32, --fast) on 512x1024 images, R-101
   python -m research.folder_throughput ann_seg::ann/ann_r101-d8_4xb2-80k_cityscapes-512x1024.py \\
       --speed --size 512 1024 --images 10 --rounds 2 --threads 2 \\
-      --cfg-options "test_dataloader.dataset.pipeline.1.scale=(1024,512)"
+      --cfg-options "test_pipeline.1.scale=(1024,512)" \\
+      "test_dataloader.dataset.pipeline.1.scale=(1024,512)"
   # --loader-grid: --grid-workers x --grid-batch-sizes (default 0 1 2 x 1 4 8)
   python -m research.folder_throughput configs/demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py \\
       --loader-grid --images 1000 --rounds 2 --threads 2

@@ -35,7 +35,8 @@ for part in ${@:-inference train folder modes}; do
     folder)
       run folder_r101_512x1024 python -m research.folder_throughput ann_seg::$ANN --speed \
         --size 512 1024 --images 10 --rounds 2 --threads "$THREADS" --no-progress \
-        --cfg-options "test_dataloader.dataset.pipeline.1.scale=(1024,512)" \
+        --cfg-options "test_pipeline.1.scale=(1024,512)" \
+        "test_dataloader.dataset.pipeline.1.scale=(1024,512)" \
         --work-dir work_dirs/perf_folder --json "$OUT/perf_folder_r101_512x1024.json" ;;
     modes)
       run modes_demo ann-seg benchmark-inference ann_seg::demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py \
