@@ -606,7 +606,7 @@ def _stopped(error: BaseException, out_dir: str, info: RankInfo) -> None:
     if info.distributed and summary is not None:
         stopped = f"stopped by {error or type(error).__name__}"
         if isinstance(error, Terminated):
-            stopped += " (torchrun stops every rank when one fails)"
+            stopped = "stopped by SIGTERM (torchrun stops every rank when one fails)"
         warn(info, incomplete_note(summary, stopped) or stopped)
     if isinstance(error, OutputStorageError):
         note = "the journal keeps every finished image"
