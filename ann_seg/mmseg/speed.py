@@ -30,7 +30,6 @@ record what ran (``ResolvedSpeed.record``).
 
 import argparse
 import contextlib
-import warnings
 from dataclasses import asdict, dataclass, replace
 from typing import Optional, Sequence, Tuple
 
@@ -47,7 +46,6 @@ from .fast import HOOK_TYPE
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SUFFIXES = ("fast", "bf16", "fp16", "fp32", "amp", "cl", "fuse", "compile", "cp")
-TASKS = ("infer", "test", "train", "benchmark")
 
 
 @dataclass(frozen=True)
@@ -359,6 +357,4 @@ def announce(speed: ResolvedSpeed, logger: str = "current") -> None:
     line = f"speed: {speed.name}"
     if speed.note:
         line += f" ({speed.note})"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        print_log(line, logger=logger)
+    print_log(line, logger=logger)
