@@ -129,6 +129,29 @@ def add_cfg_options_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_runner_arguments(parser: argparse.ArgumentParser, dist_command: str) -> None:
+    """``--launcher``, ``--verbose`` and torchrun's ``--local-rank`` of the tools that run
+    mmengine's Runner (train, test); ``dist_command`` is the command that launches them."""
+    parser.add_argument(
+        "--launcher",
+        choices=["none", "pytorch", "slurm", "mpi"],
+        default="none",
+        help=f"job launcher (default none; ann-seg {dist_command} sets pytorch)",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="print the config and environment dump too"
+    )
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+
+
+def parse_runner_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, with ``LOCAL_RANK`` set from ``--local-rank`` unless the
+    launcher set it."""
+    args = parser.parse_args(argv)
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    return args
+
+
 def _wants_debug(argv: Optional[Sequence[str]]) -> bool:
     return "--debug" in (sys.argv[1:] if argv is None else argv)
 

@@ -12,7 +12,6 @@ Examples:
 """
 
 import argparse
-import os
 import sys
 
 from ann_seg.inference.threads import add_threads_argument, choose_threads
@@ -44,20 +43,9 @@ def parse_args(argv=None):
     )
     add_threads_argument(parser)
     cli.add_cfg_options_argument(parser)
-    parser.add_argument(
-        "--launcher",
-        choices=["none", "pytorch", "slurm", "mpi"],
-        default="none",
-        help="job launcher (default none; ann-seg dist-train sets pytorch)",
-    )
-    parser.add_argument(
-        "--verbose", action="store_true", help="print the config and environment dump too"
-    )
+    cli.add_runner_arguments(parser, "dist-train")
     cli.add_debug_argument(parser)
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    return args
+    return cli.parse_runner_args(parser, argv)
 
 
 def main(argv=None):
