@@ -82,7 +82,9 @@ def read_config(config: ConfigLike) -> Config:
         raise FileNotFoundError(f"config file not found: {config}")
     try:
         cfg = Config.fromfile(config)  # imports the config's custom_imports
-        _registry_scope(cfg._cfg_dict)
+        # ``_base_ = ['ann_seg::...']`` tags the inherited dicts ``_scope_='ann_seg'``, which names
+        # no registry: ann_seg registers in mmseg's, so those dicts build in mmseg's scope
+        _replace_values(cfg._cfg_dict, "_scope_", PACKAGE_SCOPE, "mmseg")
         return cfg
     except SyntaxError as error:  # mmengine parses without the file name ("<unknown>")
         raise ConfigError(_syntax_error_location(config, error)) from None
@@ -118,19 +120,6 @@ def import_custom_modules(cfg: Config) -> None:
         import_modules_from_strings(**cfg.custom_imports)
     except ImportError as error:
         raise ConfigError(_import_failure(cfg.filename or "the config", error)) from None
-
-
-def _registry_scope(node) -> None:
-    """``_base_ = ['ann_seg::...']`` tags the inherited dicts ``_scope_='ann_seg'``, which
-    names no registry: ann_seg registers in mmseg's, so those dicts build in mmseg's scope."""
-    if isinstance(node, dict):
-        if node.get("_scope_") == PACKAGE_SCOPE:
-            node["_scope_"] = "mmseg"
-        for value in node.values():
-            _registry_scope(value)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            _registry_scope(value)
 
 
 def _syntax_error_location(path: str, error: SyntaxError) -> str:
@@ -320,13 +309,18 @@ def slide_options(config: ConfigLike, window: Sequence[str] = ()) -> dict:
     return {"+model.test_cfg": dict(mode="slide", crop_size=crop, stride=stride)}
 
 
-def replace_sync_bn(node) -> None:
-    """SyncBN has no single-process (CPU) implementation: use plain BN in the config tree."""
+def _replace_values(node, key: str, old, new) -> None:
+    """Every ``key: old`` in the config tree (dicts, lists, tuples) becomes ``key: new``."""
     if isinstance(node, dict):
-        if node.get("type") == "SyncBN":
-            node["type"] = "BN"
+        if node.get(key) == old:
+            node[key] = new
         for value in node.values():
-            replace_sync_bn(value)
+            _replace_values(value, key, old, new)
     elif isinstance(node, (list, tuple)):
         for value in node:
-            replace_sync_bn(value)
+            _replace_values(value, key, old, new)
+
+
+def replace_sync_bn(node) -> None:
+    """SyncBN has no single-process (CPU) implementation: use plain BN in the config tree."""
+    _replace_values(node, "type", "SyncBN", "BN")
