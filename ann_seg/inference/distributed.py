@@ -29,14 +29,8 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-import torch
-import torch.distributed as dist
-
-from ann_seg.mmseg.speed import default_device
-
 from .inputs import ImageTask, InferenceInputError
 from .journal import rebuild_summary
-from .threads import available_cores, choose_threads
 
 LAUNCHERS = ("none", "pytorch", "slurm")
 DEFAULT_TIMEOUT_S = 1800.0
@@ -131,27 +125,6 @@ def shard(tasks: Sequence[ImageTask], rank: int, world_size: int) -> List[int]:
     return sorted(order[rank::world_size])
 
 
-def rank_device(info: RankInfo, requested: Optional[str] = None) -> str:
-    """``requested``, with ``cuda`` (no index) meaning this rank's GPU; by default
-    ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``."""
-    if not info.distributed and info.launcher == "none":
-        return requested or default_device()
-    if requested is None:
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = f"cuda:{info.local_rank}" if requested == "cuda" else requested
-    if device.startswith("cuda"):
-        torch.cuda.set_device(device)  # stray allocations land on this rank's GPU
-    return device
-
-
-def choose_rank_threads(requested: Optional[int], info: RankInfo) -> int:
-    """``choose_threads`` for one process; under a launcher, by default
-    ``max(1, cores // LOCAL_WORLD_SIZE)`` (torchrun's ``OMP_NUM_THREADS=1`` ignored)."""
-    if requested is not None or info.launcher == "none":
-        return choose_threads(requested)
-    return choose_threads(max(1, available_cores() // info.local_world_size))
-
-
 def _init_method(info: RankInfo, env: Dict[str, str]) -> Optional[str]:
     if info.launcher == "pytorch":
         return None  # env://: torchrun's MASTER_ADDR/MASTER_PORT
@@ -168,9 +141,13 @@ class RankGroup:
     def __init__(self, info: RankInfo, timeout_s: float = DEFAULT_TIMEOUT_S, env=None):
         self.info, self.timeout_s = info, timeout_s
         self.error: Optional[str] = None
-        self._owned = False
+        self._owned, self._dist = False, None
         if not info.distributed:
             return
+        # torch.distributed only for a multi-process launch: one rank alone needs no torch
+        import torch.distributed as dist  # noqa: PLC0415
+
+        self._dist = dist
         try:
             if not dist.is_initialized():
                 dist.init_process_group(
@@ -194,7 +171,7 @@ class RankGroup:
             return value
         try:
             values = [value]
-            dist.broadcast_object_list(values, src=0)
+            self._dist.broadcast_object_list(values, src=0)
             return int(values[0])
         except Exception as error:  # noqa: BLE001
             self.error = f"ranks could not agree on the run number ({error})"
@@ -207,7 +184,7 @@ class RankGroup:
         if not self.ok:
             return self.error
         try:
-            dist.monitored_barrier(
+            self._dist.monitored_barrier(
                 timeout=datetime.timedelta(seconds=self.timeout_s), wait_all_ranks=True
             )
         except Exception as error:  # noqa: BLE001 - a rank died or is late: merge what exists
@@ -216,9 +193,9 @@ class RankGroup:
         return self.error
 
     def close(self) -> None:
-        if self._owned and dist.is_initialized():
+        if self._owned and self._dist.is_initialized():
             with contextlib.suppress(Exception):
-                dist.destroy_process_group()
+                self._dist.destroy_process_group()
         self._owned = False
 
 

@@ -1,10 +1,8 @@
-"""Segment images, folders and path lists with a trained checkpoint (``ann-seg infer``).
+"""Segment images, folders and path lists (``ann-seg infer``) with any predictor
+(``predictor.Predictor``: the PyTorch model, ``pytorch.run_inference``, or an exported one,
+``backends``). Imports no torch.
 
-Built on mmseg's inference API: the model comes from ``mmseg.apis.init_model`` (weights loaded
-through ann_seg's weights-only checkpoint loader) and every batch goes through
-``mmseg.apis.inference_model``, so the config's ``test_pipeline`` and ``test_cfg`` apply as in
-``ann-seg test`` (``test_cfg.mode='slide'``: sliding-window inference for images larger than
-the crop). Around it this module adds what ``MMSegInferencer`` lacks: recursive folders and path
+What this adds around a model, and what ``MMSegInferencer`` lacks: recursive folders and path
 lists with outputs named after (and mirroring) the input tree, robust image decoding with a
 per-file failure report, a journal of finished images (re-runs skip them), and atomic writes.
 
@@ -54,12 +52,9 @@ import os.path as osp
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
-import torch.nn as nn
-from mmseg.apis import inference_model
 
 from ann_seg.io import (
     DEFAULT_MAX_PIXELS,
@@ -71,21 +66,26 @@ from ann_seg.io import (
     encode_logits,
     render_overlay,
 )
-from ann_seg.mmseg import build_segmentor
-from ann_seg.mmseg.interrupts import Terminated, termination_as_interrupt
-from ann_seg.mmseg.speed import ResolvedSpeed, SpeedPolicy, apply_inference_speed
+from ann_seg.io.interrupts import Terminated, termination_as_interrupt
 
+from .batches import (
+    DEFAULT_WRITERS,
+    Decoded,
+    Failed,
+    decode_task,
+    equal_shape_batches,
+    inference_failure,
+)
 from .distributed import (
     DEFAULT_TIMEOUT_S,
     RankGroup,
     RankInfo,
     incomplete_note,
-    rank_device,
     rank_info,
     shard,
     warn,
 )
-from .fingerprint import ModelChangedError, checkpoint_digest, describe_change, model_fingerprint
+from .fingerprint import ModelChangedError, describe_change
 from .inputs import (
     LABEL_DIR,
     LOGITS_DIR,
@@ -111,19 +111,7 @@ from .outdir import (
     describe_holder,
     storage_errors,
 )
-from .pipeline import (
-    DEFAULT_WRITERS,
-    Decoded,
-    Failed,
-    PreprocessDataset,
-    collate,
-    decode_task,
-    equal_shape_batches,
-    inference_failure,
-    inference_pipeline,
-    run_pipelined,
-    with_no_grad_test_step,
-)
+from .predictor import Prediction, Predictor
 
 DEFAULT_OUT_DIR = "outputs/infer"
 LOGIT_FORMATS = ("npy", "npz")
@@ -166,19 +154,6 @@ def _is_finished(task: ImageTask, out_dir: str, journal: Journal) -> bool:
         written.get(kind) == osp.relpath(path, out_dir) and osp.isfile(path)
         for kind, path in task.outputs.items()
     )
-
-
-def nonfinite_logits(result) -> Optional[str]:
-    """Why ``result`` (a ``SegDataSample``) must not become a label map: its logits hold NaN or
-    infinity (an overflow, broken weights); ``None`` when they are finite or absent."""
-    logits = getattr(getattr(result, "seg_logits", None), "data", None)
-    if logits is None:
-        return None
-    finite = torch.isfinite(logits)
-    if bool(finite.all()):
-        return None
-    bad = finite.numel() - int(finite.sum())
-    return f"non-finite logits: {bad} of {finite.numel()} values are NaN or infinite"
 
 
 def _save(path: str, data: bytes) -> None:
@@ -254,30 +229,27 @@ class DistributedOptions:
 
 
 class FolderInference:
-    """Segment a list of ``ImageTask`` s with one model in three stages: ``preprocess``
-    (decode, or report the image as failed), ``forward`` (a batch of same-size images through
-    ``mmseg.apis.inference_model``, or ``model.test_step`` on the pipelined loop's
-    preprocessed batch; a failed batch is retried image by image) and ``write`` (logits,
-    overlay, then the label map; thread-safe). ``run`` chains them in one thread,
-    ``pipeline.run_pipelined`` overlaps them. ``records`` and ``failures`` collect the
-    per-image results by task index; each is appended to ``journal`` (if given) once final."""
+    """Segment a list of ``ImageTask`` s with one predictor (``predictor.Predictor``: the
+    PyTorch model or an exported one) in three stages: ``preprocess`` (decode, or report the
+    image as failed), ``forward`` (a batch of same-size images through the predictor; a failed
+    batch is retried image by image) and ``write`` (logits, overlay, then the label map;
+    thread-safe). ``run`` chains them in one thread, ``pipeline.run_pipelined`` overlaps them
+    (PyTorch only). ``records`` and ``failures`` collect the per-image results by task index;
+    each is appended to ``journal`` (if given) once final."""
 
     def __init__(
         self,
-        model: nn.Module,
+        predictor: Predictor,
         tasks: List[ImageTask],
         out_dir: str,
         outputs: OutputOptions,
-        device: str,
-        speed: Optional[ResolvedSpeed] = None,
         loader: Optional[LoaderOptions] = None,
         journal: Optional[Journal] = None,
     ):
-        self.model, self.tasks, self.out_dir = model, tasks, out_dir
-        self.outputs, self.device, self.speed = outputs, device, speed
-        self.loader, self.journal = loader or LoaderOptions(), journal
-        self.palette = model.dataset_meta["palette"]
-        self.num_classes = len(model.dataset_meta["classes"])
+        self.predictor, self.tasks, self.out_dir = predictor, tasks, out_dir
+        self.outputs, self.loader, self.journal = outputs, loader or LoaderOptions(), journal
+        self.palette = predictor.palette
+        self.num_classes = len(predictor.classes)
         self.records: Dict[int, dict] = {}
         self.failures: Dict[int, dict] = {}
 
@@ -295,45 +267,40 @@ class FolderInference:
             return None
         return item
 
-    def pipeline_dataset(self, todo: Sequence[int]) -> PreprocessDataset:
+    def pipeline_dataset(self, todo: Sequence[int]):
         """The pipelined loop's reading stage for the tasks ``todo`` (``pipeline``)."""
-        pipeline_cfg = inference_pipeline(self.model.cfg)
         keep_image = "overlay" in (self.tasks[todo[0]].outputs if todo else {})
-        loader = self.loader
-        return PreprocessDataset(
-            self.tasks, todo, pipeline_cfg, loader.max_pixels, loader.max_bytes, keep_image
-        )
+        return self.predictor.pipeline_dataset(self.tasks, todo, self.loader, keep_image)
 
-    def _predict(self, batch: List[Decoded]) -> list:
+    def _predict(self, batch: List[Decoded]) -> List[Prediction]:
+        want_logits = bool(self.outputs.save_logits)
         if batch[0].data is None:  # the sequential loop
-            return inference_model(self.model, [item.image for item in batch])
-        return with_no_grad_test_step(self.model, collate(batch, self.device))
+            return self.predictor.predict([item.image for item in batch], want_logits)
+        return self.predictor.predict_preprocessed(batch, want_logits)
 
-    def forward(self, batch: List[Decoded]) -> List[Tuple[Decoded, Any, float]]:
-        """``(item, result, seconds per image)`` for the items that ran."""
+    def forward(self, batch: List[Decoded]) -> List[Tuple[Decoded, Prediction, float]]:
+        """``(item, prediction, seconds per image)`` for the items that ran."""
         start = time.perf_counter()
         try:
-            with self.speed.context() if self.speed else contextlib.nullcontext():
-                results = self._predict(batch)
+            predictions = self._predict(batch)
         except Exception as error:  # noqa: BLE001 - report, go on with the other images
             if len(batch) > 1:
                 return [out for item in batch for out in self.forward([item])]
             self.fail(batch[0].index, inference_failure(error), batch[0].identity)
             return []
         seconds = (time.perf_counter() - start) / len(batch)
-        return [(item, result, seconds) for item, result in zip(batch, results)]
+        return [(item, prediction, seconds) for item, prediction in zip(batch, predictions)]
 
-    def write(self, item: Decoded, result, infer_s: float) -> None:
-        """Write the outputs of ``result`` and journal the image; or fail it (non-finite logits,
-        an error of its own); a storage error (``OutputStorageError``) stops the run."""
+    def write(self, item: Decoded, prediction: Prediction, infer_s: float) -> None:
+        """Write the outputs of ``prediction`` and journal the image; or fail it (non-finite
+        logits, an error of its own); a storage error (``OutputStorageError``) stops the run."""
         task = self.tasks[item.index]
         start = time.perf_counter()
-        reason = nonfinite_logits(result)
-        if reason is not None:
-            self.fail(item.index, reason, item.identity)
+        if prediction.problem is not None:
+            self.fail(item.index, prediction.problem, item.identity)
             return
         try:
-            label = self._write_outputs(task, item.image, result)
+            label = self._write_outputs(task, item.image, prediction)
         except OutputStorageError:
             raise  # no space left etc.: every image would fail alike
         except Exception as error:  # noqa: BLE001 - a permission, a name too long: report it
@@ -359,11 +326,12 @@ class FolderInference:
         if self.journal is not None:
             self.journal.add(self.records[item.index], item.identity)
 
-    def _write_outputs(self, task: ImageTask, image: np.ndarray, result) -> np.ndarray:
-        label = result.pred_sem_seg.data[0].cpu().numpy()
+    def _write_outputs(self, task: ImageTask, image: np.ndarray, prediction: Prediction):
+        label = prediction.label
         if self.outputs.save_logits:
-            logits = result.seg_logits.data.float().cpu().numpy()
-            _save(task.outputs["logits"], encode_logits(logits, self.outputs.save_logits))
+            _save(
+                task.outputs["logits"], encode_logits(prediction.logits, self.outputs.save_logits)
+            )
         if "overlay" in task.outputs:
             overlay_bgr = render_overlay(image, label, self.palette, self.outputs.opacity)
             _save(task.outputs["overlay"], encode_jpeg(overlay_bgr))
@@ -374,31 +342,29 @@ class FolderInference:
         """Segment the tasks ``todo``; consecutive images of equal size share a batch."""
         items = (self.preprocess(index) for index in todo)
         for batch in equal_shape_batches(items, self.loader.batch_size, progress.update):
-            for item, result, seconds in self.forward(batch):
-                self.write(item, result, seconds)
+            for item, prediction, seconds in self.forward(batch):
+                self.write(item, prediction, seconds)
             progress.update(len(batch))
 
 
-def run_inference(
-    config,
-    checkpoint: str,
+def segment_inputs(
+    load: Callable[[RankInfo], Predictor],
     input_path: str,
     out_dir: str = DEFAULT_OUT_DIR,
     *,
+    model_fields: Optional[dict] = None,
     outputs: Optional[OutputOptions] = None,
     loader: Optional[LoaderOptions] = None,
-    speed: Optional[SpeedPolicy] = None,
     distributed: Optional[DistributedOptions] = None,
-    device: Optional[str] = None,
-    cfg_options: Optional[dict] = None,
     progress: bool = True,
 ) -> dict:
-    """Segment every image of ``input_path`` (image, folder or list file) into ``out_dir``.
+    """Segment every image of ``input_path`` (image, folder or list file) into ``out_dir``
+    with the predictor ``load(rank_info)`` returns (called once the output folder is checked
+    and locked); ``model_fields`` (config, checkpoint...) go into the summary before the
+    predictor's own ``describe()``.
 
     ``outputs`` (``OutputOptions``): what is written per image, ``force``; ``loader``
-    (``LoaderOptions``): which files, size limits, batching and the loop; ``speed``
-    (``ann_seg.mmseg.speed``; default float32 as the config builds it) is applied to the model
-    (``apply_inference_speed``), the summary records what ran; ``distributed``
+    (``LoaderOptions``): which files, size limits, batching and the loop; ``distributed``
     (``DistributedOptions``): one rank of a launch. Defaults: ``OutputOptions()`` etc.
 
     Every finished image is appended to ``out_dir/journal.jsonl``; unless ``outputs.force``,
@@ -418,19 +384,19 @@ def run_inference(
     returns it, the other ranks return it as they see it then; with ``"rank"``: this rank's
     own counts.
 
-    The output folder is checked and locked before the model loads; another model's outputs
-    are segmented again or refused (``outputs.on_model_change``); SIGTERM is handled as SIGINT
-    while it runs (the previous handler is restored after); see the module docstring.
+    Another model's outputs are segmented again or refused (``outputs.on_model_change``);
+    SIGTERM is handled as SIGINT while it runs (the previous handler is restored after); see
+    the module docstring.
 
     Raises:
         InferenceInputError: ``input_path`` is missing or holds no images, or bad options.
         OutputDirError: ``out_dir`` cannot be used (``OutDirBusyError``: another run holds it).
         ModelChangedError: ``on_model_change='refuse'`` and ``out_dir`` holds another model's
             outputs.
-        ModelLoadError: the config or checkpoint cannot be loaded.
         OutputStorageError: no space left (or quota, read-only) while writing; a re-run
             finishes.
         KeyboardInterrupt: SIGINT, or SIGTERM (``interrupts.Terminated``); summary.json rebuilt.
+        Whatever ``load`` raises (``ModelLoadError``...).
     """
     outputs = outputs or OutputOptions()
     loader = loader or LoaderOptions()
@@ -452,29 +418,15 @@ def run_inference(
             _say_lock(lock.acquire(), info)
         group = RankGroup(info, distributed.timeout)
         with termination_as_interrupt():
-            device = rank_device(info, device)
-            model, resolved, fingerprint = _load_model(
-                config, checkpoint, device, speed, cfg_options, info
-            )
+            predictor = load(info)
+            fingerprint = predictor.fingerprint()
             load_s = time.perf_counter() - start
             journal = Journal(out_dir, info.rank, info.world_size, fingerprint["digest"])
-            runner = FolderInference(
-                model, tasks, out_dir, outputs, device, resolved, loader, journal
-            )
+            runner = FolderInference(predictor, tasks, out_dir, outputs, loader, journal)
             todo, skipped = _plan_work(tasks, mine, journal, outputs, fingerprint, info)
-            fields = {
-                "config": config if isinstance(config, str) else getattr(config, "filename", None),
-                "checkpoint": str(checkpoint),
-                "input": str(input_path),
-                "out_dir": out_dir,
-                "device": device,
-                "speed": resolved.record(),
-                "test_cfg": dict(model.test_cfg) if model.test_cfg else {"mode": "whole"},
-                "classes": model.dataset_meta["classes"],
-                "palette": runner.palette,
-                "palette_source": model.dataset_meta["source"],
-                "fingerprint": fingerprint,
-            }
+            described = predictor.describe()
+            fields = {**(model_fields or {}), "input": str(input_path), "out_dir": out_dir}
+            fields.update((k, v) for k, v in described.items() if k not in fields)
             run = group.agree(journal.next_run)
             journal.start(fields, [(t.name, t.path) for t in tasks], skipped, started, load_s, run)
             try:
@@ -513,26 +465,12 @@ def run_inference(
     return summary
 
 
-def _load_model(
-    config, checkpoint: str, device: str, speed: Optional[SpeedPolicy], cfg_options, info
-) -> Tuple[nn.Module, ResolvedSpeed, dict]:
-    """The model with ``speed`` applied, the resolved speed and the model's fingerprint (the
-    checkpoint file hashed first, once)."""
-    resolved = (speed or SpeedPolicy()).resolve(device)
-    if resolved.note and info.rank == 0:
-        print(f"speed: {resolved.name} ({resolved.note})", file=sys.stderr)
-    checkpoint_hash = checkpoint_digest(str(checkpoint))
-    model = build_segmentor(config, device=device, cfg_options=cfg_options, checkpoint=checkpoint)
-    apply_inference_speed(model, resolved)
-    fingerprint = model_fingerprint(
-        model.cfg, str(checkpoint), checkpoint_hash, resolved.record(), device, model.dataset_meta
-    )
-    return model, resolved, fingerprint
-
-
 def _loop(runner: FolderInference, todo: Sequence[int], loader: LoaderOptions, bar) -> None:
     if loader.pipelined:
-        pin = runner.device.startswith("cuda")
+        # torch's DataLoader: only the PyTorch predictor has this loop
+        from .pipeline import run_pipelined  # noqa: PLC0415
+
+        pin = str(getattr(runner.predictor, "device", "cpu")).startswith("cuda")
         batch, workers, writers = loader.batch_size, loader.workers, loader.writers
         run_pipelined(runner, todo, batch, bar, workers, writers, pin)
     else:

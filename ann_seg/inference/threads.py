@@ -13,6 +13,8 @@ from typing import Optional
 
 import torch
 
+from .distributed import RankInfo
+
 THREADS_HELP = (
     "torch CPU threads (default: torch's, capped by the cores the 1-minute load average "
     "leaves free, at least 1; OMP_NUM_THREADS set wins): on a 2-core machine with another "
@@ -65,3 +67,11 @@ def _thread_count(text: str) -> int:
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """``--threads N`` (validated; ``None`` = ``default_threads()``), for ``choose_threads``."""
     parser.add_argument("--threads", type=_thread_count, metavar="N", help=THREADS_HELP)
+
+
+def choose_rank_threads(requested: Optional[int], info: RankInfo) -> int:
+    """``choose_threads`` for one process; under a launcher, by default
+    ``max(1, cores // LOCAL_WORLD_SIZE)`` (torchrun's ``OMP_NUM_THREADS=1`` ignored)."""
+    if requested is not None or info.launcher == "none":
+        return choose_threads(requested)
+    return choose_threads(max(1, available_cores() // info.local_world_size))

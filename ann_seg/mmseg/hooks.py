@@ -31,9 +31,9 @@ from mmengine.logging import print_log
 from mmseg.registry import HOOKS
 
 from ann_seg.io import atomic_write_text, atomic_write_with
+from ann_seg.io.interrupts import deferred_interrupts
 
 from .checkpoint import CorruptCheckpointError, safe_load_checkpoint
-from .interrupts import deferred_interrupts
 from .transforms import skip_ledger
 
 ATOMIC_BACKEND = "ann_seg_atomic_local"

@@ -22,6 +22,8 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
+from ann_seg.io.interrupts import termination_as_interrupt
+
 from .builder import load_weights
 from .config import ConfigError, ConfigLike, load_config, replace_sync_bn
 from .data_check import (
@@ -32,7 +34,6 @@ from .data_check import (
     scan_training_files,
 )
 from .evaluation import configure_test_evaluator
-from .interrupts import termination_as_interrupt
 from .model_zoo import ModelZooError, resolve_source
 from .speed import (
     SpeedPolicy,

@@ -1,7 +1,7 @@
 """What every tool (``ann-seg <command>``, ``tools/*.py``) shares: known errors as one line on
 stderr with exit status 2 (or the error's own ``exit_status``), tracebacks only for unexpected
 errors or with ``--debug``, 130 on Ctrl-C (SIGINT) and 143 on SIGTERM where the tool handles it
-(``ann_seg.mmseg.interrupts``), and quiet defaults.
+(``ann_seg.io.interrupts``), and quiet defaults.
 
 A tool's script is::
 

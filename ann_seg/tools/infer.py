@@ -39,13 +39,12 @@ from ann_seg.inference import (
 from ann_seg.inference.distributed import (
     DEFAULT_TIMEOUT_S,
     LAUNCHERS,
-    choose_rank_threads,
     incomplete_note,
     merge_journals,
     rank_info,
 )
 from ann_seg.inference.folder import MODEL_CHANGE_ACTIONS
-from ann_seg.inference.threads import add_threads_argument
+from ann_seg.inference.threads import add_threads_argument, choose_rank_threads
 from ann_seg.io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from ann_seg.mmseg.config import UserOptions, slide_options
 from ann_seg.mmseg.speed import add_speed_arguments, default_device, speed_policy

@@ -20,7 +20,7 @@ from conftest import REPO
 
 from ann_seg import inference
 from ann_seg import io as ann_io
-from ann_seg.inference import distributed
+from ann_seg.inference import distributed, pytorch, threads
 from ann_seg.inference.inputs import ImageTask, InferenceInputError
 from ann_seg.inference.journal import (
     JOURNAL_NAME,
@@ -91,14 +91,14 @@ def test_rank_threads_and_device():
     before = torch.get_num_threads()
     try:
         info = distributed.RankInfo(1, 2, 1, 2, "pytorch")
-        cores = distributed.available_cores()
-        assert distributed.choose_rank_threads(None, info) == max(1, cores // 2)
-        assert distributed.choose_rank_threads(3, info) == 3 == torch.get_num_threads()
+        cores = threads.available_cores()
+        assert threads.choose_rank_threads(None, info) == max(1, cores // 2)
+        assert threads.choose_rank_threads(3, info) == 3 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
-    assert distributed.rank_device(info, "cpu") == "cpu"
+    assert pytorch.rank_device(info, "cpu") == "cpu"
     if not torch.cuda.is_available():
-        assert distributed.rank_device(info) == "cpu"
+        assert pytorch.rank_device(info) == "cpu"
 
 
 def test_without_a_process_group_a_rank_works_on_and_says_why():

@@ -25,7 +25,7 @@ from _inference_helpers import load_tool, make_checkpoint, write_tiny_slide_conf
 from conftest import REPO
 
 from ann_seg import inference
-from ann_seg.inference import folder
+from ann_seg.inference import pytorch
 from ann_seg.inference.journal import (
     JOURNAL_NAME,
     Journal,
@@ -352,7 +352,7 @@ def test_unusable_out_dir_is_refused_before_the_model_loads(
     def no_model(*args, **kwargs):
         raise AssertionError("the model loaded before the output folder was checked")
 
-    monkeypatch.setattr(folder, "build_segmentor", no_model)
+    monkeypatch.setattr(pytorch, "build_segmentor", no_model)
     with contextlib.ExitStack() as stack:
         out, expected = unusable_out_dir(kind, tmp_path, stack)
         status, err = infer([config, checkpoint, images, "--out-dir", out], capsys)
@@ -426,7 +426,7 @@ def test_non_finite_logits_fail_the_image(tmp_path, models, monkeypatch, loop):
     config, checkpoint, _ = models
     images, out = tmp_path / "in", tmp_path / "out"
     names = write_images(images, 3)
-    build = folder.build_segmentor
+    build = pytorch.build_segmentor
     calls = []
 
     def overflowing(*args, **kwargs):
@@ -439,7 +439,7 @@ def test_non_finite_logits_fail_the_image(tmp_path, models, monkeypatch, loop):
         model.decode_head.conv_seg.register_forward_hook(nan_on_second_call)
         return model
 
-    monkeypatch.setattr(folder, "build_segmentor", overflowing)
+    monkeypatch.setattr(pytorch, "build_segmentor", overflowing)
     loader = inference.LoaderOptions(pipeline=loop == "pipelined")
     summary = inference.run_inference(
         config, checkpoint, str(images), str(out), loader=loader, progress=False

@@ -551,7 +551,7 @@ def test_deferred_interrupts_hold_a_signal_until_the_write_is_done(capsys):
     """In-process: a SIGINT inside ``deferred_interrupts`` acts when the block ends (a second
     one at once); SIGTERM inside ``termination_as_interrupt`` raises ``Terminated``; the
     tools print one line with 130 or 143, also for mmengine's SyntaxError around a Ctrl-C."""
-    from ann_seg.mmseg.interrupts import (
+    from ann_seg.io.interrupts import (
         Terminated,
         deferred_interrupts,
         termination_as_interrupt,

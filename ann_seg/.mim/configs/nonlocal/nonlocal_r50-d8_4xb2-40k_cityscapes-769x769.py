@@ -4,7 +4,6 @@ _base_ = [
     "mmseg::_base_/default_runtime.py",
     "mmseg::_base_/schedules/schedule_40k.py",
 ]
-custom_imports = dict(imports=["ann_seg"], allow_failed_imports=False)
 default_hooks = dict(checkpoint=dict(type="AtomicCheckpointHook"))  # kill-safe saves
 crop_size = (769, 769)
 data_preprocessor = dict(size=crop_size)
