@@ -39,6 +39,12 @@ setup(
     extras_require={
         # ann-seg prepare-data cityscapes (polygons -> train ids), test --metric cityscapes
         "cityscapes": ["cityscapesscripts"],
+        # ann-seg infer on huge images (tiled, BigTIFF, GeoTIFF) and on videos OpenCV cannot read
+        "large": ["tifffile"],
+        "video": ["av"],
+        # ann-seg infer --backend onnxruntime|openvino MODEL.onnx (no torch needed at run time)
+        "onnxruntime": ["onnxruntime"],
+        "openvino": ["openvino"],
         "dev": [
             "pytest>=7",
             "pytest-xdist",
@@ -47,6 +53,9 @@ setup(
             "onnx",
             "onnxruntime",
             "onnxscript",
+            "openvino",
+            "av",
+            "tifffile",
             "scikit-image",
             "scipy",  # research/: the head study's confidence intervals
         ],
