@@ -41,7 +41,7 @@ setup(
         "cityscapes": ["cityscapesscripts"],
         # ann-seg infer on huge images (tiled, BigTIFF, GeoTIFF) and on videos OpenCV cannot read
         "large": ["tifffile"],
-        "video": ["av"],
+        "video": ["av>=18"],
         # ann-seg infer --backend onnxruntime|openvino MODEL.onnx (no torch needed at run time)
         "onnxruntime": ["onnxruntime"],
         "openvino": ["openvino"],
