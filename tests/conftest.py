@@ -1,13 +1,10 @@
-"""Shared fixtures: generated data sets in the real on-disk layouts and small-model overrides.
+"""Shared fixtures: generated data sets in the real on-disk layouts, one-thread torch.
 
-The mmseg wheel installs a top-level package named ``tests``; nothing here imports ``tests``.
+Plain helpers and constants are in ``_helpers.py``. The mmseg wheel installs a top-level package
+named ``tests``; nothing here imports ``tests``.
 """
 
-import contextlib
 import os
-import os.path as osp
-import subprocess
-import sys
 
 import pytest
 
@@ -16,17 +13,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # start) instead of N x one per core, which on 2 cores runs many times slower
     os.environ["OMP_NUM_THREADS"] = "1"
 
-from ann_seg.mmseg.config import CONFIG_ROOT  # noqa: E402  (imports torch: after the threads)
+# these import torch: after the threads
+from _helpers import IMAGE_SIZE, one_thread  # noqa: E402
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIGS = CONFIG_ROOT  # the packaged configs (the repository's configs/ links there)
-IMAGE_SIZE = (64, 128)
+from ann_seg.mmseg.synthetic import generate_long_range_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def cityscapes_root(tmp_path_factory):
-    from ann_seg.mmseg.synthetic import generate_long_range_dataset
-
     root = tmp_path_factory.mktemp("cityscapes")
     generate_long_range_dataset(
         str(root), layout="cityscapes", num_train=8, num_val=4, size=IMAGE_SIZE, progress=False
@@ -36,130 +30,11 @@ def cityscapes_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ade20k_root(tmp_path_factory):
-    from ann_seg.mmseg.synthetic import generate_long_range_dataset
-
     root = tmp_path_factory.mktemp("ade20k")
     generate_long_range_dataset(
         str(root), layout="ade20k", num_train=8, num_val=4, size=IMAGE_SIZE, progress=False
     )
     return str(root)
-
-
-def small_model_options(head_channels=32, key_channels=16):
-    """A ResNet-18-D8 and a narrow head in place of the config's ResNet-50/101 (no download)."""
-    return {
-        "model.pretrained": None,
-        "model.backbone.depth": 18,
-        "model.backbone.norm_cfg.type": "BN",
-        "model.decode_head.in_channels": [256, 512],
-        "model.decode_head.channels": head_channels,
-        "model.decode_head.key_channels": key_channels,
-        "model.decode_head.norm_cfg.type": "BN",
-        "model.auxiliary_head.in_channels": 256,
-        "model.auxiliary_head.channels": 16,
-        "model.auxiliary_head.norm_cfg.type": "BN",
-    }
-
-
-def small_run_options(data_root, max_iters=2, checkpoint_interval=2, layout="cityscapes"):
-    """Shrink a real Cityscapes/ADE20K config's data pipeline and schedule to seconds."""
-    h, w = IMAGE_SIZE
-    options = {
-        "model.data_preprocessor.size": (h, w),
-        "train_cfg.max_iters": max_iters,
-        "train_cfg.val_interval": max_iters,
-        "default_hooks.checkpoint.interval": checkpoint_interval,
-        "default_hooks.logger.interval": 1,
-        "train_dataloader.dataset.pipeline.2.scale": (2 * w, 2 * h),
-        "train_dataloader.dataset.pipeline.3.crop_size": (h, w),
-        "val_dataloader.dataset.pipeline.1.scale": (w, h),
-        "test_dataloader.dataset.pipeline.1.scale": (w, h),
-    }
-    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        options.update(
-            {
-                f"{loader}.batch_size": 2,
-                f"{loader}.num_workers": 0,
-                f"{loader}.persistent_workers": False,
-                f"{loader}.dataset.data_root": data_root,
-            }
-        )
-    options.update(small_model_options())
-    if layout == "ade20k":
-        options.update(
-            {"model.decode_head.num_classes": 150, "model.auxiliary_head.num_classes": 150}
-        )
-    return options
-
-
-def as_cli(options):
-    """``--cfg-options`` arguments for mmengine's DictAction."""
-
-    def fmt(value):
-        if value is None:
-            return "None"
-        if isinstance(value, (list, tuple)):
-            inner = ",".join(fmt(v) for v in value)
-            return f"[{inner}]" if isinstance(value, list) else f"({inner})"
-        return str(value)
-
-    return [f"{key}={fmt(value)}" for key, value in options.items()]
-
-
-def tiny_demo_options(data_root, max_iters=2):
-    """The demo config in seconds: ``max_iters`` iterations, one validation and checkpoint at
-    the end, loss logged every iteration, 2-image batches without loader workers."""
-    options = {
-        "train_cfg.max_iters": max_iters,
-        "train_cfg.val_interval": max_iters,
-        "default_hooks.checkpoint.interval": max_iters,
-        "default_hooks.logger.interval": 1,
-        "param_scheduler.0.end": 1,
-        "param_scheduler.1.begin": 1,
-        "param_scheduler.1.end": max_iters,
-    }
-    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        options.update(
-            {
-                f"{loader}.batch_size": 2,
-                f"{loader}.num_workers": 0,
-                f"{loader}.persistent_workers": False,
-                f"{loader}.dataset.data_root": data_root,
-            }
-        )
-    return options
-
-
-def run_tool(args, cwd, timeout=600, env=None):
-    """Run a Python tool in a fresh interpreter; returns the CompletedProcess (text)."""
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-    proc = subprocess.run(
-        [sys.executable, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-    )
-    if proc.returncode != 0:
-        raise AssertionError(
-            f"{args} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
-        )
-    return proc
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run torch on one thread: on this 2-core machine two threads are several times slower for
-    small models whenever another process is busy."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -174,18 +49,3 @@ def single_thread_module():
     ``pytestmark = pytest.mark.usefixtures('single_thread_module')``."""
     with one_thread():
         yield
-
-
-def randomize_(module, seed: int = 0, std: float = 0.5, mean_std: float = 0.3):
-    """Random parameters (zero-inits would hide errors) and BN running statistics; eval mode."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * std)
-        for m in module.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * mean_std)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-    return module.eval()

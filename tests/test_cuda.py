@@ -16,13 +16,11 @@ from ann_seg.inference import LoaderOptions, run_inference
 from ann_seg.layers import AFNB, APNB, CGNLBlock, NonLocalBlock, attend, fuse_for_inference
 from ann_seg.mmseg import build_segmentor
 from ann_seg.mmseg.speed import SpeedPolicy, apply_inference_speed
-from ann_seg.mmseg.synthetic import generate_long_range_dataset
 
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = "ann_seg::demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TOL = {"fp32": 1e-3, "fp16": 5e-3, "bf16": 3e-2}  # TF32 convolutions in fp32
@@ -98,20 +96,13 @@ def test_folding_on_cuda_keeps_the_logits():
 
 def test_sdpa_picks_a_fused_kernel_under_fp16():
     """Our softmax attention, restricted to the flash kernel, runs: no float32 up-cast left."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel  # torch >= 2.3
+    from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: PLC0415  (torch >= 2.3)
 
     q, k, v = (torch.randn(2, n, 64, device="cuda", dtype=torch.float16) for n in (4096, 110, 110))
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
         out = attend(q, k, v)
     reference = attend(q.double(), k.double(), v.double())
     assert out.dtype == torch.float16 and torch.allclose(out.double(), reference, atol=2e-3)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cuda_data")
-    generate_long_range_dataset(str(root), num_train=8, num_val=4, size=(64, 128), progress=False)
-    return str(root)
 
 
 def _train(tmp_path, data_root, precision):
@@ -134,8 +125,8 @@ def _train(tmp_path, data_root, precision):
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_training_step_in_low_precision(precision, tiny_data, tmp_path):
-    log, work = _train(tmp_path, tiny_data, precision)
+def test_training_step_in_low_precision(precision, cityscapes_root, tmp_path):
+    log, work = _train(tmp_path, cityscapes_root, precision)
     assert f"speed: {precision}+cl+fast" in log
     dumped = open(osp.join(work, osp.basename(DEMO.split("::")[1]))).read()
     assert "AmpOptimWrapper" in dumped
@@ -143,8 +134,8 @@ def test_training_step_in_low_precision(precision, tiny_data, tmp_path):
     assert osp.isfile(work / "iter_4.pth") and " loss: nan" not in log
 
 
-def test_folder_inference_pinned_and_one_gpu_dist_infer(tiny_data, tmp_path):
-    images = osp.join(tiny_data, "leftImg8bit", "val")
+def test_folder_inference_pinned_and_one_gpu_dist_infer(cityscapes_root, tmp_path):
+    images = osp.join(cityscapes_root, "leftImg8bit", "val")
     checkpoint = str(tmp_path / "random.pth")
     torch.manual_seed(0)
     torch.save({"state_dict": build_segmentor(DEMO).state_dict()}, checkpoint)

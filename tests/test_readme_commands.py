@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO
+from _helpers import REPO
 
 SCRIPT = osp.join(REPO, "scripts", "readme_commands.py")
 PLACEHOLDER = re.compile(r"\b(CONFIG|CHECKPOINT|NPROC|WORK_DIR|INPUT)\b|\[--")

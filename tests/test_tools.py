@@ -5,7 +5,6 @@ scripts' interpreter; ``tools/analyze_logs.py``; the block benchmark's ratio wor
 
 import argparse
 import ast
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -18,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, REPO, as_cli, tiny_demo_options
+from _helpers import CONFIGS, REPO, as_cli, load_tool, tiny_demo_options
 
 from ann_seg.benchmark.blocks import PAPER, paper_lines, ratio_words
 from ann_seg.inference import threads
@@ -50,10 +49,6 @@ WITH_CFG_OPTIONS = [
     "visualize_attention",
 ]
 WITH_THREADS = ["benchmark", "benchmark_blocks", "benchmark_inference", "infer", "test", "train"]
-
-
-def load_tool(name):
-    return importlib.import_module(f"ann_seg.tools.{name}")
 
 
 def help_text(name, capsys):

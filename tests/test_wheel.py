@@ -11,7 +11,7 @@ import sys
 import sysconfig
 
 import pytest
-from conftest import REPO, as_cli, tiny_demo_options
+from _helpers import REPO, as_cli, tiny_demo_options
 
 pytestmark = pytest.mark.slow
 

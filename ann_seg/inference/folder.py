@@ -36,7 +36,7 @@ When things go wrong:
 * the output folder is checked and locked before the model loads (``outdir``): a file, an
   unwritable folder, a journal or summary that is a folder raise ``OutputDirError``, a second
   run on it ``OutDirBusyError`` (rank 0 of a distributed run holds the lock);
-* SIGTERM stops every loop as SIGINT does (``ann_seg.mmseg.interrupts``): DataLoader workers
+* SIGTERM stops every loop as SIGINT does (``ann_seg.io.interrupts``): DataLoader workers
   and writer threads end, temporary files go, summary.json is rebuilt from the journal,
   ``Terminated`` is raised;
 * a full disk (or quota, read-only file system) stops the run with ``OutputStorageError``

@@ -8,10 +8,10 @@ from .atomic import atomic_write_with
 
 def pyplot():
     """matplotlib's pyplot on the Agg backend (no display needed)."""
-    import matplotlib  # optional heavy dependency, only for the figures
+    import matplotlib  # noqa: PLC0415  (heavy, only for the figures)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  (after the Agg backend is chosen)
 
     return plt
 

@@ -77,7 +77,7 @@ def _pyav():
     """PyAV or None: an optional extra (pip install av; exact decode errors, reproducible
     Matroska and H.264), imported on first use (0.2 s)."""
     try:
-        import av
+        import av  # noqa: PLC0415 - optional extra, 0.2 s to import
     except ImportError:
         return None
     return av

@@ -91,7 +91,7 @@ def summary_line(label: str, key: str, curve: Curve) -> str:
 
 def plot_curves(logs: Dict[str, Dict[str, Curve]], keys: List[str], out: str, title: str):
     plt = pyplot()
-    from matplotlib.ticker import MaxNLocator  # optional heavy dependency, only for the figure
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415  (heavy, only for the figure)
 
     figure, axes = plt.subplots(
         len(keys), 1, figsize=(7.0, 2.4 * len(keys) + 0.4), sharex=True, squeeze=False

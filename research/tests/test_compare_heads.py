@@ -14,7 +14,11 @@ import time
 import numpy as np
 import pytest
 import torch
+from mmengine.dataset import pseudo_collate
+from mmengine.optim import build_optim_wrapper
+from mmseg.registry import DATASETS
 
+from ann_seg.mmseg import build_segmentor, load_config
 from ann_seg.mmseg.synthetic import generate_long_range_dataset, render_long_range_sample
 from research.head_study import (
     StudySettings,
@@ -159,12 +163,6 @@ MMSEG_HEADS = [
 
 @pytest.mark.parametrize("head", MMSEG_HEADS)
 def test_every_mmseg_head_config_trains_a_step_on_the_built_in_data(head, cityscapes_root):
-    from mmengine.dataset import pseudo_collate
-    from mmengine.optim import build_optim_wrapper
-    from mmseg.registry import DATASETS
-
-    from ann_seg.mmseg import build_segmentor, load_config
-
     cfg = load_config(config_path(head), {"train_dataloader.dataset.data_root": cityscapes_root})
     assert cfg.model.pretrained is None and cfg.model.backbone.depth == 18
     heads = cfg.model.decode_head

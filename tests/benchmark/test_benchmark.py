@@ -1,7 +1,6 @@
 """Benchmark tools: memory tracker, interleaved timing, config and block benchmarks at tiny
 sizes (one CLI run in a fresh interpreter; the rest in-process, single-threaded)."""
 
-import importlib.util
 import json
 import math
 import os.path as osp
@@ -10,7 +9,23 @@ import sys
 
 import pytest
 import torch
-from conftest import CONFIGS, REPO
+from _helpers import CONFIGS, REPO, load_tool
+
+from ann_seg.benchmark import (
+    BenchmarkSettings,
+    PeakMemoryTracker,
+    TimingCase,
+    benchmark_configs,
+    build_benchmark_model,
+    feature_shapes,
+    latency_stats,
+    measure_peak_memory,
+    run_benchmark,
+    time_interleaved,
+)
+from ann_seg.benchmark.blocks import BLOCK_NAMES, BlockDims, benchmark_blocks
+from ann_seg.benchmark.models import count_complexity
+from ann_seg.layers import APNB
 
 DEMO = osp.join(CONFIGS, "demo", "ann_r18-d8_1xb8-600it_synthetic-128x256.py")
 SHAPE = (32, 64)
@@ -36,10 +51,6 @@ def mmseg_tiny(tmp_path_factory):
     return str(path)
 
 
-def load_tool(name):
-    return importlib.import_module(f"ann_seg.tools.{name}")
-
-
 def finite(*values):
     return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
 
@@ -59,8 +70,6 @@ def check_ok_row(row, batch_size=1):
 
 
 def test_cpu_memory_tracker_sees_a_known_allocation():
-    from ann_seg.benchmark import PeakMemoryTracker, measure_peak_memory
-
     with PeakMemoryTracker("cpu") as tracker:
         big = torch.ones(64 * MIB, dtype=torch.uint8)
         del big
@@ -75,8 +84,6 @@ def test_cpu_memory_tracker_sees_a_known_allocation():
 
 
 def test_time_interleaved_rotates_and_isolates_failures():
-    from ann_seg.benchmark import TimingCase, latency_stats, time_interleaved
-
     calls = []
 
     def failing():
@@ -95,8 +102,6 @@ def test_time_interleaved_rotates_and_isolates_failures():
 
 
 def test_feature_shapes_match_the_backbone():
-    from ann_seg.benchmark import build_benchmark_model, feature_shapes
-
     _, model = build_benchmark_model(DEMO)
     model.eval()
     with torch.no_grad():
@@ -111,8 +116,6 @@ def test_feature_shapes_match_the_backbone():
 @pytest.mark.parametrize("mode", ["infer", "train"])
 @pytest.mark.parametrize("part", ["model", "backbone", "head"])
 def test_parts_and_modes(part, mode, mmseg_tiny, single_thread):
-    from ann_seg.benchmark import BenchmarkSettings, benchmark_configs
-
     settings = BenchmarkSettings(part=part, mode=mode, repeat=2, warmup=1, flops=mode == "infer")
     rows = benchmark_configs([DEMO, mmseg_tiny], settings, [SHAPE], progress=False)
     assert [r["name"] for r in rows] == [
@@ -130,8 +133,6 @@ def test_parts_and_modes(part, mode, mmseg_tiny, single_thread):
 
 
 def test_bad_config_option_and_unusable_shape_are_error_rows(single_thread):
-    from ann_seg.benchmark import BenchmarkSettings, benchmark_configs
-
     bad = BenchmarkSettings(
         repeat=1, warmup=0, flops=False, cfg_options={"model.decode_head.share": "bogus"}
     )
@@ -211,8 +212,6 @@ def test_cli_json_plot_and_failed_config(tmp_path, mmseg_tiny):
 
 
 def test_block_benchmark_all_rows(tmp_path, capsys, single_thread):
-    from ann_seg.benchmark.blocks import BLOCK_NAMES
-
     out = tmp_path / "blocks.json"
     tool = load_tool("benchmark_blocks")
     status = tool.main(
@@ -269,8 +268,6 @@ def test_block_benchmark_all_rows(tmp_path, capsys, single_thread):
 
 
 def test_block_rows_over_the_memory_budget_are_skipped(single_thread):
-    from ann_seg.benchmark.blocks import BlockDims, benchmark_blocks
-
     dims = BlockDims(64, 16, 32)
     # 96x96 = 9216 positions: an explicit N x N float32 matrix alone is 324 MiB
     result = benchmark_blocks(
@@ -299,9 +296,6 @@ def test_flop_count_of_a_folded_block(layout):
     """Folding removes W_o (N Cv Ca) and the fusion BN (mmengine: 2 per element), and shrinks
     the fusion GEMM from (Ca + C) to (Cv + C) inputs; the count must see the folded GEMMs
     (addmm_/baddbmm) as well."""
-    from ann_seg.benchmark.models import count_complexity
-    from ann_seg.layers import APNB
-
     c, out, key, value, h, w = 48, 40, 16, 24, 6, 10
     block = APNB(c, out, key, value_channels=value).eval()
     x = torch.randn(1, c, h, w).contiguous(memory_format=layout)
@@ -314,8 +308,6 @@ def test_flop_count_of_a_folded_block(layout):
 
 
 def test_flop_rate_is_timed_with_the_configs(mmseg_tiny, single_thread, capsys):
-    from ann_seg.benchmark import BenchmarkSettings, run_benchmark
-
     with pytest.raises(ValueError, match="FLOP counting"):
         BenchmarkSettings(flops=False, flop_rate=True)
     settings = BenchmarkSettings(part="head", repeat=2, warmup=0, flop_rate=True)
@@ -326,8 +318,6 @@ def test_flop_rate_is_timed_with_the_configs(mmseg_tiny, single_thread, capsys):
 
 
 def test_flop_rate_rows(single_thread):
-    from ann_seg.benchmark import BenchmarkSettings, benchmark_configs
-
     settings = BenchmarkSettings(part="head", repeat=2, warmup=0, flop_rate=True)
     rows = benchmark_configs([DEMO, DEMO + "+fuse"], settings, [SHAPE], progress=False)
     assert rows[0]["reference_conv_gflop_s"] == rows[1]["reference_conv_gflop_s"] > 0
@@ -342,9 +332,6 @@ def test_flop_rate_rows(single_thread):
 
 def test_compile_variant_is_timed_and_counted(single_thread):
     """+compile (inductor) runs the same head; FLOPs are counted on the eager forward."""
-    from ann_seg.benchmark import BenchmarkSettings, benchmark_configs
-    from ann_seg.benchmark.models import build_benchmark_model
-
     torch._dynamo.reset()
     settings = BenchmarkSettings(part="head", repeat=1, warmup=1)
     rows = benchmark_configs(

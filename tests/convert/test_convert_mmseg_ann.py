@@ -6,7 +6,14 @@ import sys
 
 import pytest
 import torch
-from conftest import CONFIGS, REPO, randomize_, run_tool
+from _helpers import CONFIGS, REPO, randomize_, run_tool
+from mmseg.registry import MODELS
+from mmseg.utils import register_all_modules
+
+from ann_seg.convert import ConversionError, convert_checkpoint
+from ann_seg.layers import fuse_for_inference
+from ann_seg.mmseg import load_config
+from ann_seg.mmseg.checkpoint import CorruptCheckpointError, safe_load_checkpoint
 
 SMALL = {
     "model.pretrained": None,
@@ -39,12 +46,6 @@ CASES = {
 
 
 def build(config, options):
-    from mmseg.registry import MODELS
-    from mmseg.utils import register_all_modules
-
-    import ann_seg  # noqa: F401
-    from ann_seg.mmseg import load_config
-
     register_all_modules()
     cfg = load_config(config, dict(SMALL, **options))
     return cfg, MODELS.build(cfg.model)
@@ -64,9 +65,6 @@ def save_mmseg_checkpoint(tmp_path, case):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_converted_logits_match_mmseg(case, tmp_path):
-    from ann_seg.convert import convert_checkpoint
-    from ann_seg.mmseg.checkpoint import safe_load_checkpoint
-
     config, _, ours_options = CASES[case]
     mmseg_cfg, mmseg_model, src = save_mmseg_checkpoint(tmp_path, case)
     dst = str(tmp_path / "ann_seg.pth")
@@ -88,7 +86,6 @@ def test_converted_logits_match_mmseg(case, tmp_path):
         assert (got.argmax(1) == expected.argmax(1)).float().mean() > 0.999
 
     # the fast inference path (tools/infer.py --fuse) against mmseg's model, same weights
-    from ann_seg.layers import fuse_for_inference
 
     fuse_for_inference(model, channels_last=True)
     for h, w in [(64, 64), (67, 93)]:
@@ -128,9 +125,6 @@ def test_cli_converts_and_checks_config(tmp_path):
 
 
 def test_refuses_other_models_and_broken_files(tmp_path):
-    from ann_seg.convert import ConversionError, convert_checkpoint
-    from ann_seg.mmseg.checkpoint import CorruptCheckpointError
-
     _, psp = build(
         "mmseg::pspnet/pspnet_r50-d8_4xb2-40k_cityscapes-512x1024.py",
         {

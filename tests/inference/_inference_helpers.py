@@ -1,13 +1,16 @@
-"""Small checkpoints and tool loading shared by the inference, attention and ONNX tests.
+"""Small checkpoints shared by the inference, attention and ONNX tests.
 
-Imported by name (the tests folder is on sys.path, as for ``conftest``), never as ``tests``.
+Imported by module name (pyproject's pytest ``pythonpath`` lists ``tests/inference``), never
+as ``tests``. The fixtures built on them are in ``conftest.py``.
 """
 
-import importlib.util
 import os.path as osp
 
 import torch
-from conftest import CONFIGS
+from _helpers import CONFIGS
+from mmseg.apis import init_model
+
+from ann_seg.mmseg.synthetic import synthetic_metainfo
 
 DEMO_CONFIG = osp.join(CONFIGS, "demo", "ann_r18-d8_1xb8-600it_synthetic-128x256.py")
 
@@ -32,10 +35,6 @@ def write_tiny_slide_config(directory) -> str:
 def make_checkpoint(config: str, path: str, scale: float = 0.3, seed: int = 0) -> str:
     """Random weights and BN statistics for ``config``'s model (the attention output convs are
     zero-initialised otherwise), saved with the synthetic set's classes and palette."""
-    from mmseg.apis import init_model
-
-    from ann_seg.mmseg.synthetic import synthetic_metainfo
-
     model = init_model(config, None, "cpu")
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -54,8 +53,3 @@ def make_checkpoint(config: str, path: str, scale: float = 0.3, seed: int = 0) -
         path,
     )
     return path
-
-
-def load_tool(name: str):
-    """``ann_seg.tools.<name>`` (its ``main(argv)`` runs in-process)."""
-    return importlib.import_module(f"ann_seg.tools.{name}")

@@ -3,8 +3,10 @@
 import cv2
 import numpy as np
 import pytest
+import skimage.data
 import torch
-from _inference_helpers import DEMO_CONFIG, load_tool, make_checkpoint
+from _helpers import load_tool
+from _inference_helpers import DEMO_CONFIG
 
 from ann_seg.inference.attention_maps import (
     COLORBAR_LABEL,
@@ -20,19 +22,11 @@ pytestmark = pytest.mark.usefixtures("single_thread_module")
 
 
 @pytest.fixture(scope="module")
-def demo_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("attention_model") / "demo.pth"
-    return make_checkpoint(DEMO_CONFIG, str(path), scale=0.1)
-
-
-@pytest.fixture(scope="module")
 def model(demo_checkpoint):
     return build_segmentor(DEMO_CONFIG, checkpoint=demo_checkpoint)
 
 
 def astronaut_bgr(height=88, width=120):
-    import skimage.data
-
     return cv2.resize(
         skimage.data.astronaut()[..., ::-1], (width, height), interpolation=cv2.INTER_AREA
     )
@@ -114,7 +108,7 @@ def test_query_point_maps_to_its_feature_cell(model):
 
 @pytest.mark.parametrize("levels, panels", [(False, 2), (True, 2 + 2 * 4)])
 def test_every_panel_has_a_colour_bar_of_its_own_range(model, levels, panels):
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  (pyplot once ann_seg chose the Agg backend)
 
     points = [(5, 2), (100, 50)]
     image = synthetic_bgr()
@@ -137,8 +131,6 @@ def test_every_panel_has_a_colour_bar_of_its_own_range(model, levels, panels):
 
 
 def test_tool_writes_png(tmp_path, demo_checkpoint, capsys):
-    import skimage.data
-
     image = tmp_path / "coffee.jpg"
     cv2.imwrite(str(image), skimage.data.coffee()[::4, ::4, ::-1])  # 100 x 150 photo
     out = tmp_path / "maps" / "attention.png"

@@ -15,8 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from _inference_helpers import load_tool, make_checkpoint, write_tiny_slide_config
-from conftest import REPO
+from _helpers import REPO, load_tool
 
 from ann_seg import inference
 from ann_seg import io as ann_io
@@ -31,6 +30,7 @@ from ann_seg.inference.journal import (
     rebuild_summary,
 )
 from ann_seg.mmseg.synthetic import render_long_range_sample
+from ann_seg.tools import cli
 
 pytestmark = pytest.mark.usefixtures("single_thread_module")
 
@@ -180,8 +180,6 @@ def test_rank_journals_merge_into_one_summary(tmp_path, capsys):
 
 def test_merge_only_without_journal_is_an_input_error(tmp_path, capsys):
     infer = load_tool("infer")
-    from ann_seg.tools import cli
-
     assert cli.run(infer.main, ["--merge-only", "--out-dir", str(tmp_path)]) == 2
     assert "nothing to merge" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -190,13 +188,6 @@ def test_merge_only_without_journal_is_an_input_error(tmp_path, capsys):
 
 
 # --- tools/dist_infer.sh on the CPU ---------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_model")
-    config = write_tiny_slide_config(root)
-    return config, make_checkpoint(config, str(root / "tiny.pth"))
 
 
 def write_image(path, index, size):

@@ -13,8 +13,8 @@ import time
 import cv2
 import numpy as np
 import pytest
-from _inference_helpers import load_tool, make_checkpoint, write_tiny_slide_config
-from conftest import REPO
+from _helpers import REPO, load_tool
+from mmseg.apis import inference_model, init_model
 
 import ann_seg.io.images as images_module
 from ann_seg import inference
@@ -28,17 +28,7 @@ pytestmark = pytest.mark.usefixtures("single_thread_module")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(config, checkpoint) of the tiny slide-mode model."""
-    root = tmp_path_factory.mktemp("tiny_model")
-    config = write_tiny_slide_config(root)
-    return config, make_checkpoint(config, str(root / "tiny.pth"))
-
-
-@pytest.fixture(scope="module")
 def model(tiny):
-    from mmseg.apis import init_model
-
     return init_model(*tiny, "cpu")
 
 
@@ -49,8 +39,6 @@ def write_sample(path, index, size=(64, 128), seed=5):
 
 
 def predict(model, path):
-    from mmseg.apis import inference_model
-
     image, _ = ann_io.read_image(str(path))
     return inference_model(model, image).pred_sem_seg.data[0].numpy()
 

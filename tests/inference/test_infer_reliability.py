@@ -21,8 +21,8 @@ import time
 import cv2
 import numpy as np
 import pytest
-from _inference_helpers import load_tool, make_checkpoint, write_tiny_slide_config
-from conftest import REPO
+from _helpers import REPO, load_tool
+from _inference_helpers import make_checkpoint, write_tiny_slide_config
 
 from ann_seg import inference
 from ann_seg.inference import pytorch

@@ -9,8 +9,9 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from _inference_helpers import load_tool, make_checkpoint, write_tiny_slide_config
-from conftest import REPO
+import skimage.data
+from _helpers import REPO, load_tool
+from mmseg.apis import inference_model, init_model
 from PIL import Image
 
 import ann_seg.io.atomic
@@ -25,17 +26,7 @@ PALETTE = [list(c) for c in synthetic_metainfo(4)["palette"]]
 pytestmark = pytest.mark.usefixtures("single_thread_module")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(config, checkpoint) of the tiny slide-mode model."""
-    root = tmp_path_factory.mktemp("tiny_model")
-    config = write_tiny_slide_config(root)
-    return config, make_checkpoint(config, str(root / "tiny.pth"))
-
-
 def photo(name):
-    import skimage.data
-
     return getattr(skimage.data, name)()
 
 
@@ -182,8 +173,6 @@ def test_summary_content(zoo):
 
 def test_label_png_holds_exact_class_ids_and_palette(zoo, tiny):
     """Label maps equal mmseg's own ``inference_model`` prediction, id for id."""
-    from mmseg.apis import inference_model, init_model
-
     config, checkpoint = tiny
     model = init_model(config, checkpoint, "cpu")
     images, out = zoo["images"], zoo["out"]

@@ -10,8 +10,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from _inference_helpers import DEMO_CONFIG, load_tool
-from mmseg.apis import inference_model
+from _helpers import load_tool
+from _inference_helpers import DEMO_CONFIG
+from mmseg.apis import inference_model, init_model
 
 from ann_seg import inference
 from ann_seg.benchmark import inference_modes
@@ -31,8 +32,6 @@ def make_calibrated_checkpoint(path, images_rgb):
     """The demo network with default-initialised convs, random attention output and
     classifier weights, and BN statistics measured on ``images_rgb``: untrained, but its
     label maps vary within an image (random BN statistics give one class everywhere)."""
-    from mmseg.apis import init_model
-
     torch.manual_seed(0)
     model = init_model(DEMO_CONFIG, None, "cpu")
     with torch.no_grad():

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _inference_helpers import DEMO_CONFIG, load_tool, make_checkpoint
+from _helpers import load_tool
+from _inference_helpers import DEMO_CONFIG
 
 from ann_seg.inference.onnx_export import (
     ExportCheckError,
@@ -23,12 +24,6 @@ ort = pytest.importorskip("onnxruntime")
 
 
 pytestmark = pytest.mark.usefixtures("single_thread_module")
-
-
-@pytest.fixture(scope="module")
-def demo_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("onnx_model") / "demo.pth"
-    return make_checkpoint(DEMO_CONFIG, str(path), scale=0.1)
 
 
 def test_wrapper_is_mmseg_whole_inference(demo_checkpoint):

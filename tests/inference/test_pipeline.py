@@ -9,7 +9,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from _inference_helpers import make_checkpoint, write_tiny_slide_config
+from mmengine.config import Config
 
 from ann_seg import inference
 from ann_seg import io as ann_io
@@ -21,13 +21,6 @@ pytestmark = pytest.mark.usefixtures("single_thread_module")
 # runs of equal sizes, then a change, an odd size alone, and the first size again
 SIZES = [(64, 128)] * 5 + [(48, 96)] * 2 + [(64, 128)] * 3 + [(96, 64)] + [(64, 128)] * 2
 BAD = {"bad.png": b"not an image at all", "empty.png": b"", "cut.png": None}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_model")
-    config = write_tiny_slide_config(root)
-    return config, make_checkpoint(config, str(root / "tiny.pth"))
 
 
 @pytest.fixture(scope="module")
@@ -181,8 +174,6 @@ def test_results_in_flight_are_bounded():
 
 
 def test_inference_pipeline_matches_inference_model_steps():
-    from mmengine.config import Config
-
     cfg = Config(
         dict(
             test_pipeline=[

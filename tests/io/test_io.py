@@ -62,7 +62,7 @@ def test_the_file_is_fsynced_before_the_rename(tmp_path, monkeypatch):
 def test_save_figure_is_atomic_and_uses_the_extension(tmp_path):
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  (after importorskip and the Agg backend)
 
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ann_seg.io import render_overlay
+from ann_seg.io import render_overlay, video
 from ann_seg.io.video import (
     VIDEO_EXTENSIONS,
     LabelVideoWriter,
@@ -387,8 +387,6 @@ def test_reading_a_longer_video_does_not_grow_memory(tmp_path, videos):
 
 @needs_pyav
 def test_probe_falls_back_to_pyav_when_opencv_cannot_open(videos, monkeypatch):
-    import ann_seg.io.video as video
-
     path = videos.make("clip.mkv", 9)
     monkeypatch.setattr(video, "_probe_opencv", lambda path: None)
     info = probe_video(path)
@@ -397,8 +395,6 @@ def test_probe_falls_back_to_pyav_when_opencv_cannot_open(videos, monkeypatch):
 
 
 def test_without_pyav_opencv_reads_and_writes(videos, tmp_path, monkeypatch):
-    import ann_seg.io.video as video
-
     monkeypatch.setattr(video, "_pyav", lambda: None)
     text = tmp_path / "notes.mkv"
     text.write_text("not a video\n" * 20)

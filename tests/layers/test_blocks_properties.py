@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import randomize_
+from _helpers import randomize_
 from torch.func import functional_call
 
 from ann_seg.layers import AFNB, APNB, CGNLBlock, IdentitySampler, NonLocalBlock, attend, compat
@@ -18,9 +18,7 @@ NL_MODES = ["embedded_gaussian", "gaussian", "dot_product", "concatenation"]
 DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs" / "blocks.md"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(single_thread):
-    """Tiny tensors: one intra-op thread (conftest's ``single_thread``)."""
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: one intra-op thread
 
 
 def randn(*shape, seed=1, dtype=torch.float32):

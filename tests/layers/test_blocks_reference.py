@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import randomize_
+from _helpers import randomize_
 
 from ann_seg.layers import AFNB, APNB, CGNLBlock, NonLocalBlock
 
@@ -26,9 +26,7 @@ DIMS_SHAPES = [(d, s) for d, shapes in SHAPES.items() for s in shapes]
 
 
 # ----------------------------------------------------------------------------- helpers
-@pytest.fixture(autouse=True)
-def _one_thread(single_thread):
-    """Tiny tensors: one intra-op thread (conftest's ``single_thread``)."""
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: one intra-op thread
 
 
 def rand_input(shape, seed=1, dtype=torch.float64):

@@ -4,16 +4,22 @@ import os.path as osp
 
 import pytest
 import torch
-from conftest import CONFIGS, randomize_
+from _helpers import CONFIGS, randomize_
+from mmseg.registry import MODELS
+from mmseg.utils import register_all_modules
+
+from ann_seg.layers import (
+    AFNB,
+    APNB,
+    CGNLBlock,
+    NonLocalBlock,
+    fold_batch_norms,
+    fuse_for_inference,
+)
+from ann_seg.mmseg import load_config
 
 
 def build(config, **options):
-    from mmseg.registry import MODELS
-    from mmseg.utils import register_all_modules
-
-    import ann_seg  # noqa: F401
-    from ann_seg.mmseg import load_config
-
     register_all_modules()
     cfg = load_config(config, dict({"model.pretrained": None}, **options))
     return randomize_(MODELS.build(cfg.model), std=0.1, mean_std=0.1).eval()
@@ -60,8 +66,6 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fused_model_matches_plain(case, channels_last):
-    from ann_seg.layers import fuse_for_inference
-
     config, options = CASES[case]
     model = build(osp.join(CONFIGS, config), **SMALL, **options)
     images = torch.randn(2, 3, 67, 91, generator=torch.Generator().manual_seed(1))
@@ -79,8 +83,6 @@ def test_fused_model_matches_plain(case, channels_last):
 
 
 def test_folding_removes_attention_output_and_refuses_training():
-    from ann_seg.layers import APNB, fold_batch_norms, fuse_for_inference
-
     block = APNB(32, 32, 16)
     with pytest.raises(RuntimeError, match="eval"):
         block.fold_()
@@ -94,8 +96,6 @@ def test_folding_removes_attention_output_and_refuses_training():
 
 
 def _block(kind, fusion, dims):
-    from ann_seg.layers import AFNB, APNB
-
     torch.manual_seed(0)
     if kind == "apnb":
         block = APNB(24, 20, 8, value_channels=12, fusion=fusion, pool_sizes=(1, 2, 3), dims=dims)
@@ -159,8 +159,6 @@ def test_folded_block_under_bf16_autocast():
 
 
 def _family():
-    from ann_seg.layers import AFNB, APNB, CGNLBlock, NonLocalBlock
-
     yield "apnb", APNB(24, 20, 8, pool_sizes=(1, 2, 3)), 1
     yield "afnb", AFNB(16, 24, 20, 8, pool_sizes=(1, 2, 3)), 2
     for mode in ("gaussian", "embedded_gaussian", "dot_product", "concatenation"):

@@ -13,7 +13,7 @@ import zipfile
 
 import pytest
 import torch
-from conftest import CONFIGS, REPO, as_cli, randomize_, tiny_demo_options
+from _helpers import CONFIGS, REPO, as_cli, randomize_, tiny_demo_options
 from mmengine.runner import load_checkpoint
 
 from ann_seg.mmseg import (

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CONFIGS, REPO
+from _helpers import CONFIGS, REPO
 from PIL import Image
 
 from ann_seg.mmseg.config import ConfigError, UserOptions, load_config

@@ -6,7 +6,8 @@ import os.path as osp
 
 import pytest
 import torch
-from conftest import CONFIGS
+from _helpers import CONFIGS
+from mmengine.config import Config
 
 from ann_seg.mmseg import ModelLoadError, build_segmentor
 
@@ -33,8 +34,6 @@ def test_config_list_complete():
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: osp.relpath(p, CONFIGS))
 def test_config_builds_and_runs(path):
-    from mmengine.config import Config
-
     cfg = Config.fromfile(path)
     assert "ann_seg" in cfg.custom_imports["imports"]
     if cfg.train_dataloader.dataset.type != "LongRangeSyntheticDataset":

@@ -8,8 +8,16 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import CONFIGS, REPO, as_cli, run_tool, tiny_demo_options
+from _helpers import CONFIGS, REPO, as_cli, run_tool, tiny_demo_options
+from mmengine.registry import init_default_scope
+from mmseg.registry import DATASETS
 from PIL import Image
+
+import ann_seg.mmseg.transforms as transforms
+from ann_seg.mmseg import load_config
+from ann_seg.mmseg.data_check import describe_training_files, scan_training_files
+from ann_seg.mmseg.transforms import LoadAnnotationsOrSkip, LoadImageOrSkip
+from ann_seg.tools import cli
 
 DEMO = osp.join(CONFIGS, "demo", "ann_r18-d8_1xb8-600it_synthetic-128x256.py")
 CITYSCAPES_CFG = osp.join(CONFIGS, "ann", "ann_r50-d8_4xb2-40k_cityscapes-512x1024.py")
@@ -87,8 +95,6 @@ def test_check_dataset_tool_names_every_bad_file(broken_root, tmp_path):
 def test_check_dataset_in_process_clean_set_and_exit_codes(
     broken_root, cityscapes_root, tmp_path, capsys
 ):
-    from ann_seg.tools import cli
-
     tool = _tool("check_dataset")
     # a clean set through a real-data config (mmseg's own loading transforms): exit 0
     clean = [CITYSCAPES_CFG, "--workers", "0", "--no-progress", "--json", str(tmp_path / "c.json")]
@@ -130,12 +136,6 @@ def test_train_check_data_stops_before_training(broken_root, tmp_path, capsys):
 
 
 def test_skip_transforms_refetch_another_sample_and_log_once(broken_root, monkeypatch):
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import DATASETS
-
-    import ann_seg.mmseg.transforms as transforms
-    from ann_seg.mmseg.transforms import LoadAnnotationsOrSkip, LoadImageOrSkip
-
     logged = []
     monkeypatch.setattr(transforms, "print_log", lambda msg, **kw: logged.append(msg))
     monkeypatch.setattr(transforms, "_ledger", None)  # a fresh count for this test
@@ -235,8 +235,6 @@ def vanished_root(cityscapes_root, tmp_path_factory):
 
 
 def test_check_dataset_names_dangling_and_deleted_images(vanished_root, tmp_path, capsys):
-    from ann_seg.tools import cli
-
     tool = _tool("check_dataset")
     report_path = str(tmp_path / "report.json")
     argv = [DEMO, "--workers", "0", "--no-progress", "--json", report_path]
@@ -287,9 +285,6 @@ def test_training_states_the_smaller_split_in_its_first_lines(vanished_root, tmp
 def test_scan_training_files_with_a_split_file(cityscapes_root, tmp_path):
     """With an ``ann_file`` the data set lists what the file names: an image that is gone and
     a label map that is a link to nowhere are listed samples that cannot load."""
-    from ann_seg.mmseg import load_config
-    from ann_seg.mmseg.data_check import describe_training_files, scan_training_files
-
     root = str(tmp_path / "data")
     shutil.copytree(cityscapes_root, root)
     split = osp.join(root, "train.txt")

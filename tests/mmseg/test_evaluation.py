@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, randomize_, small_run_options
+from _helpers import CONFIGS, randomize_, small_run_options
 
 from ann_seg.mmseg import build_segmentor, runner
 from ann_seg.mmseg.evaluation import OwnedCityscapesMetric, write_class_tables

@@ -10,10 +10,16 @@ import re
 import pytest
 import torch
 import torch.nn as nn
-from conftest import CONFIGS, REPO, as_cli, randomize_, run_tool, tiny_demo_options
+from _helpers import CONFIGS, REPO, as_cli, randomize_, run_tool, tiny_demo_options
 
-from ann_seg.benchmark.models import build_benchmark_model, split_variant
-from ann_seg.layers import APNB, AttentionFusionBlock, is_activation_checkpointed
+from ann_seg.benchmark.models import build_benchmark_model, random_data_samples, split_variant
+from ann_seg.layers import (
+    AFNB,
+    APNB,
+    AttentionFusionBlock,
+    PyramidPoolingSampler,
+    is_activation_checkpointed,
+)
 from ann_seg.layers.checkpointing import set_activation_checkpointing
 from ann_seg.mmseg import (
     FastTrainingHook,
@@ -41,8 +47,6 @@ def demo_model(seed=0):
 
 
 def batch(model, size=2, seed=1):
-    from ann_seg.benchmark.models import random_data_samples
-
     torch.manual_seed(seed)
     images = torch.randn(size, 3, *SHAPE)
     return images, random_data_samples(model.decode_head.num_classes, SHAPE, size, "cpu")
@@ -313,8 +317,6 @@ def test_plain_and_fast_loss_curves_agree(tiny_data, tmp_path):
 def test_factored_fusion_equals_the_plain_block(fusion, channels_last):
     """Both layouts (two GEMMs over B N tokens, or batched over B), both fusions, AFNB's two
     inputs of different sizes: output and every gradient."""
-    from ann_seg.layers import AFNB
-
     torch.manual_seed(0)
     plain = randomize_(AFNB(6, 8, 10, key_channels=4, fusion=fusion, dropout=0.0), std=0.3)
     plain.train()
@@ -343,8 +345,6 @@ def test_factored_fusion_equals_the_plain_block(fusion, channels_last):
 
 
 def test_pyramid_pooling_of_a_channels_last_batch():
-    from ann_seg.layers import PyramidPoolingSampler
-
     x = torch.randn(3, 5, 7, 9)
     sampler = PyramidPoolingSampler((1, 3, 6))
     expected = sampler(x)

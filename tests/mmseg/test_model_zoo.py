@@ -18,8 +18,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import as_cli, randomize_, small_run_options
+from _helpers import as_cli, randomize_, small_run_options
 from mmengine.runner.checkpoint import get_state_dict, save_checkpoint, weights_to_cpu
+from mmseg.registry import MODELS
+from mmseg.utils import register_all_modules
 
 from ann_seg.mmseg import ModelLoadError, build_segmentor, load_config
 from ann_seg.mmseg import model_zoo as zoo
@@ -48,9 +50,6 @@ NL_OPTIONS = dict(BACKBONE, **{"model.decode_head.in_channels": 512})
 
 
 def mmseg_model(config, options):
-    from mmseg.registry import MODELS
-    from mmseg.utils import register_all_modules
-
     register_all_modules()
     return randomize_(MODELS.build(load_config(f"mmseg::{config}", options).model), std=0.2)
 

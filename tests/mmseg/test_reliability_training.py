@@ -16,12 +16,24 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, REPO, as_cli, tiny_demo_options
+from _helpers import CONFIGS, REPO, as_cli, tiny_demo_options
+from mmengine.config import Config
+from mmengine.logging import MessageHub, MMLogger
+from mmseg.models.losses import CrossEntropyLoss
 
+from ann_seg.demo import train_to_final
+from ann_seg.io.interrupts import (
+    Terminated,
+    deferred_interrupts,
+    termination_as_interrupt,
+)
 from ann_seg.mmseg import hooks as hooks_module
+from ann_seg.mmseg import load_config
 from ann_seg.mmseg.checkpoint import CorruptCheckpointError, safe_load_checkpoint
-from ann_seg.mmseg.hooks import checkpoint_loads, select_resume_checkpoint
+from ann_seg.mmseg.hooks import AtomicCheckpointHook, checkpoint_loads, select_resume_checkpoint
 from ann_seg.mmseg.losses import WeightedCrossEntropyLoss
+from ann_seg.mmseg.runner import test as run_test
+from ann_seg.tools import cli
 
 DEMO = osp.join(CONFIGS, "demo", "ann_r18-d8_1xb8-600it_synthetic-128x256.py")
 TRAIN_PY = osp.join(REPO, "tools", "train.py")
@@ -69,8 +81,6 @@ def test_weighted_loss_matches_float64_over_non_ignored_pixels(logits_and_labels
     got32 = loss(torch.from_numpy(logits), torch.from_numpy(labels), ignore_index=255)
     assert got32.item() == pytest.approx(expected, rel=1e-5)
     # mmseg 1.2.2's CrossEntropyLoss cannot compute it at all (mmseg #3734)
-    from mmseg.models.losses import CrossEntropyLoss
-
     with pytest.raises(IndexError, match="255"):
         CrossEntropyLoss(class_weight=weights)(
             torch.from_numpy(logits), torch.from_numpy(labels), ignore_index=255
@@ -98,8 +108,6 @@ def test_weighted_loss_reductions_gradients_and_errors(logits_and_labels):
 
 
 def test_demo_and_compare_configs_use_the_weighted_loss_and_every_config_atomic_saves():
-    from mmengine.config import Config
-
     paths = sorted(glob.glob(osp.join(CONFIGS, "**", "*.py"), recursive=True))
     paths = [p for p in paths if "_base_" not in p]
     assert len(paths) > 30
@@ -330,10 +338,6 @@ def test_sigkill_while_saving_never_leaves_a_truncated_checkpoint(
     a demo-like run (``train_to_final`` + ``test``) finishes. With mmengine's own CheckpointHook
     the killed write is the file itself (truncated), and the previous best is deleted before the
     new one is written."""
-    from ann_seg.demo import train_to_final
-    from ann_seg.mmseg import load_config
-    from ann_seg.mmseg.runner import test
-
     monkeypatch.syspath_prepend(FAULTS)
     importlib.import_module("rising_score")  # for the demo-like runs in this process
     options = demo_options(cityscapes_root)
@@ -393,7 +397,7 @@ def test_sigkill_while_saving_never_leaves_a_truncated_checkpoint(
 
         cfg = load_config(DEMO, options, demo_work)
         final = train_to_final(cfg)
-        metrics = test(cfg, final, cfg_options={"test_dataloader.num_workers": 0})
+        metrics = run_test(cfg, final, cfg_options={"test_dataloader.num_workers": 0})
         assert "mIoU" in metrics
         assert safe_load_checkpoint(final)["meta"]["iter"] == 4
         chosen_checkpoints_load(demo_work)
@@ -475,8 +479,6 @@ class _FakeRunner:
     """What ``AtomicCheckpointHook.before_train`` reads of a Runner that resumed."""
 
     def __init__(self, work_dir, iteration, runtime_info=None):
-        from mmengine.logging import MessageHub, MMLogger
-
         self.work_dir = str(work_dir)
         self.iter, self.epoch, self._resume = iteration, 0, True
         self.message_hub = MessageHub.get_instance(f"rebuild-{id(self)}")
@@ -502,8 +504,6 @@ def test_resume_rebuilds_the_best_from_the_files_on_disk(tmp_path):
     the hook's best afterwards is the best file at or before the resumed step with the best
     recorded score (meta, else an mmengine message hub); later ones and worse ones are moved
     aside; with no best file, the next validation writes one."""
-    from ann_seg.mmseg.hooks import AtomicCheckpointHook
-
     _best_file(tmp_path / "best_mIoU_iter_2.pth", score=0.5)
     _best_file(tmp_path / "best_mIoU_iter_4.pth", score=0.7)
     _best_file(tmp_path / "best_mIoU_iter_6.pth", score=0.9)  # after the resumed step
@@ -551,13 +551,6 @@ def test_deferred_interrupts_hold_a_signal_until_the_write_is_done(capsys):
     """In-process: a SIGINT inside ``deferred_interrupts`` acts when the block ends (a second
     one at once); SIGTERM inside ``termination_as_interrupt`` raises ``Terminated``; the
     tools print one line with 130 or 143, also for mmengine's SyntaxError around a Ctrl-C."""
-    from ann_seg.io.interrupts import (
-        Terminated,
-        deferred_interrupts,
-        termination_as_interrupt,
-    )
-    from ann_seg.tools import cli
-
     done = []
     with pytest.raises(KeyboardInterrupt):
         with deferred_interrupts():

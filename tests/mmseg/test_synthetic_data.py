@@ -8,7 +8,9 @@ import os
 import cv2
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
+from ann_seg.mmseg.cityscapes import LABELS
 from ann_seg.mmseg.synthetic import (
     MANIFEST_NAME,
     MIN_CUE_DISTANCE_FRACTION,
@@ -351,10 +353,6 @@ def test_cue_distance_default_keeps_data_and_manifest_and_others_are_refused(tmp
 def test_cityscapes_polygons_and_label_ids_draw_the_train_ids(tmp_path):
     """The polygons, drawn as cityscapesScripts' json2labelImg draws them (PIL, in order),
     give the train-id map exactly; the label-id map is it through Cityscapes' table."""
-    from PIL import Image, ImageDraw
-
-    from ann_seg.mmseg.cityscapes import LABELS
-
     generate_long_range_dataset(tmp_path, layout="cityscapes", num_classes=18, **SMALL)
     name_to_ids = {name: (label_id, train_id) for label_id, name, train_id in LABELS}
     stems = [str(p)[: -len("_gtFine_labelTrainIds.png")] for p in tmp_path.rglob("*TrainIds.png")]

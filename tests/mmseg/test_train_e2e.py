@@ -2,11 +2,20 @@
 
 import os.path as osp
 import re
+import subprocess
+import sys
 
+import mmseg
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, REPO, as_cli, run_tool, small_run_options
+from _helpers import CONFIGS, REPO, as_cli, run_tool, small_run_options
+from mmseg.apis import inference_model
+from mmseg.registry import DATASETS
+from PIL import Image
+
+from ann_seg.mmseg import build_segmentor, runner
+from ann_seg.mmseg.checkpoint import safe_load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -15,8 +24,6 @@ ADE20K_CFG = osp.join(CONFIGS, "ann", "ann_r50-d8_4xb4-80k_ade20k-512x512.py")
 
 
 def mmseg_tool(name):
-    import mmseg
-
     path = osp.join(osp.dirname(mmseg.__file__), ".mim", "tools", name)
     assert osp.isfile(path), f"mmseg ships no {path}"
     return path
@@ -33,12 +40,6 @@ def independent_miou(config, options, checkpoint):
     from our builder, each image through ``inference_model``, the ground truth read from
     disk, intersection and union summed over the set per class (classes never seen: NaN,
     left out, as mmseg's ``IoUMetric``)."""
-    from mmseg.apis import inference_model
-    from mmseg.registry import DATASETS
-    from PIL import Image
-
-    from ann_seg.mmseg import build_segmentor
-
     model = build_segmentor(config, cfg_options=options, checkpoint=checkpoint)
     dataset = DATASETS.build(model.cfg.test_dataloader.dataset)
     classes = model.decode_head.num_classes
@@ -59,8 +60,6 @@ def independent_miou(config, options, checkpoint):
 
 
 def saved_iteration(path):
-    from ann_seg.mmseg.checkpoint import safe_load_checkpoint
-
     return safe_load_checkpoint(path)["meta"]["iter"]
 
 
@@ -113,13 +112,11 @@ def test_train_resume_test(layout, tool_kind, tmp_path, request):
 
 
 def test_api_train_then_test_writes_predictions(cityscapes_root, tmp_path):
-    from ann_seg.mmseg.runner import test, train
-
     options = small_run_options(cityscapes_root, max_iters=2)
     work_dir = str(tmp_path / "work")
-    model = train(CITYSCAPES_CFG, work_dir=work_dir, cfg_options=options)
+    model = runner.train(CITYSCAPES_CFG, work_dir=work_dir, cfg_options=options)
     assert isinstance(model, torch.nn.Module)
-    metrics = test(
+    metrics = runner.test(
         CITYSCAPES_CFG,
         osp.join(work_dir, "iter_2.pth"),
         work_dir=work_dir,
@@ -133,9 +130,6 @@ def test_api_train_then_test_writes_predictions(cityscapes_root, tmp_path):
 
 def test_torchrun_two_processes_gloo(cityscapes_root, tmp_path):
     """Two CPU processes through torchrun (tools/dist_train.sh) train with DDP over gloo."""
-    import subprocess
-    import sys
-
     options = small_run_options(cityscapes_root, max_iters=2)
     options["train_dataloader.batch_size"] = 1
     env = dict(

@@ -10,7 +10,7 @@ import sys
 import mmseg
 import pytest
 import torch
-from conftest import CONFIGS, REPO, as_cli, run_tool, small_run_options
+from _helpers import CONFIGS, REPO, as_cli, run_tool, small_run_options
 
 from ann_seg.layers.compat import native_low_precision_dtype
 from ann_seg.mmseg import build_segmentor, load_weights
