@@ -134,7 +134,8 @@ class _PixelBand:
     def __init__(self, source: RowSource, rows: int):
         self.source = source
         self.y0 = self.y1 = 0
-        self.direct = isinstance(source, ArrayRows)  # slice the array itself
+        # a decoded image (ArrayRows, io's DecodedRows): slice it, no copies
+        self.direct = isinstance(getattr(source, "image", None), np.ndarray)
         self.buffer = None if self.direct else np.empty((rows, source.width, 3), np.uint8)
 
     def crop(self, y1: int, y2: int, x1: int, x2: int) -> np.ndarray:
