@@ -26,7 +26,9 @@ ARGMAX_BYTES = 2**24  # logits per argmax call (it copies a strided block): 16 M
 
 
 class RowSource(Protocol):
-    """Pixels of an image ``height`` x ``width``, read top to bottom in row ranges."""
+    """Pixels of an image ``height`` x ``width``, read top to bottom in row ranges. A source
+    with an ``image`` attribute holding the whole decoded ``(H, W, 3)`` array (``ArrayRows``,
+    ``ann_seg.io.large_images.DecodedRows``) is sliced directly instead."""
 
     height: int
     width: int

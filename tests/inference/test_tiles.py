@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from mmengine.config import ConfigDict
 
@@ -19,6 +20,8 @@ from ann_seg.inference.tiles import (
     slide_full,
     slide_windows,
 )
+from ann_seg.io import read_label_png
+from ann_seg.io.large_images import PngLabelWriter, TiffRows, open_rows
 from ann_seg.mmseg import build_segmentor
 
 DEMO = "ann_seg::demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py"
@@ -149,12 +152,12 @@ def _reference(image, forward, crop, stride):
 
 class CountingRows:
     def __init__(self, image):
-        self.image, (self.height, self.width) = image, image.shape[:2]
+        self._pixels, (self.height, self.width) = image, image.shape[:2]
         self.reads = np.zeros(self.height, int)
 
     def read_rows(self, y0, y1):
         self.reads[y0:y1] += 1
-        return self.image[y0:y1].copy()
+        return self._pixels[y0:y1].copy()
 
 
 @pytest.mark.parametrize(
@@ -280,3 +283,17 @@ def test_peak_memory_is_one_band_not_the_logit_volume():
     # measured: 304 MB traced (band + a batch of tile logits + temporaries), RSS +313 MB
     assert band <= measured["traced_peak"] < band + 100 * 2**20
     assert measured["rss_growth"] < band + 200 * 2**20 < full / 6
+
+
+def test_tiff_rows_in_streamed_png_out_equals_the_whole_image_slide(tmp_path):
+    """The pieces together: a tiled TIFF read in rows, labels streamed into a PNG."""
+    image = _image(300, 517, seed=4)
+    path = str(tmp_path / "in.tif")
+    tifffile.imwrite(path, image[..., ::-1], tile=(64, 64), compression="zlib")
+    forward = _numpy_forward()
+    expected = _reference(image, forward, (96, 128), (50, 100)).argmax(axis=0)
+    out = str(tmp_path / "labels.png")
+    with open_rows(path) as rows, PngLabelWriter(out, 300, 517, [(0, 0, 0)] * 7) as writer:
+        assert isinstance(rows, TiffRows)
+        slide_banded(rows, forward, (96, 128), (50, 100), writer.write_rows, batch_size=4)
+    np.testing.assert_array_equal(read_label_png(out), expected)
