@@ -35,12 +35,13 @@ setup(
         "numpy",
         "matplotlib",
         "rich",
+        "tifffile",  # images beyond what OpenCV decodes, read in rows (ann_seg.io.large_images)
     ],
     extras_require={
         # ann-seg prepare-data cityscapes (polygons -> train ids), test --metric cityscapes
         "cityscapes": ["cityscapesscripts"],
-        # ann-seg infer on huge images (tiled, BigTIFF, GeoTIFF) and on videos OpenCV cannot read
-        "large": ["tifffile"],
+        # LZW/JPEG-compressed TIFFs read in rows; videos OpenCV cannot read, reproducible files
+        "large": ["imagecodecs"],
         "video": ["av>=18"],
         # ann-seg infer --backend onnxruntime|openvino MODEL.onnx (no torch needed at run time)
         "onnxruntime": ["onnxruntime"],
@@ -55,7 +56,6 @@ setup(
             "onnxscript",
             "openvino",
             "av",
-            "tifffile",
             "scikit-image",
             "scipy",  # research/: the head study's confidence intervals
         ],

@@ -31,6 +31,11 @@ import time
 import zlib
 
 import numpy as np
+import tifffile
+
+from ann_seg.inference.tiles import slide_banded, slide_windows
+from ann_seg.io import atomic_write_json, markdown_table
+from ann_seg.io.large_images import PngLabelWriter, TiffLabelWriter, open_rows
 
 CROP, STRIDE, CLASSES = (512, 1024), (341, 683), 19
 CASES = {"slide-16k": 16000, "tiff-40k": 40000}
@@ -78,8 +83,6 @@ def _pattern_rows(y0: int, y1: int, width: int) -> np.ndarray:
 def write_big_tiff(path: str, size: int, tile: int = 512) -> None:
     """A ``size`` x ``size`` RGB BigTIFF, deflate tiles, written one tile at a time (16 distinct
     tiles, compressed once: generating 6 100 tiles of content is not the point)."""
-    import tifffile  # the benchmark's only use of it outside ann_seg.io
-
     variants = []
     for k in range(16):
         rgb = _pattern_rows(k * 97, k * 97 + tile, tile)[..., ::-1]
@@ -102,8 +105,6 @@ def write_big_tiff(path: str, size: int, tile: int = 512) -> None:
 
 def run_case(name: str, workdir: str) -> dict:
     """One case in this process; its figures."""
-    from ann_seg.inference.tiles import slide_banded, slide_windows
-    from ann_seg.io.large_images import PngLabelWriter, TiffLabelWriter, open_rows
 
     size = CASES[name]
     palette = [(i * 13 % 256, i * 71 % 256, i * 157 % 256) for i in range(CLASSES)]
@@ -152,8 +153,6 @@ def _gb(n: float) -> str:
 
 
 def table(results) -> str:
-    from ann_seg.io import markdown_table
-
     rows = []
     for r in results:
         rows.append(
@@ -211,8 +210,6 @@ def main(argv=None) -> int:
                 os.unlink(osp.join(workdir, path))
     print(table(results))
     if args.out:
-        from ann_seg.io import atomic_write_json
-
         atomic_write_json(args.out, {"crop": CROP, "stride": STRIDE, "results": results})
     return 0
 
