@@ -103,6 +103,7 @@ from .journal import (
     rebuild_summary,
     summarize,
 )
+from .large import plan_label_path, segment_large
 from .outdir import (
     LOCK_NAME,
     OutDirLock,
@@ -125,6 +126,16 @@ def _plan_outputs(task: ImageTask, out_dir: str, overlay: bool, save_logits: Opt
         task.outputs["overlay"] = osp.join(out_dir, OVERLAY_DIR, *parts) + ".jpg"
     if save_logits:
         task.outputs["logits"] = osp.join(out_dir, LOGITS_DIR, *parts) + f".{save_logits}"
+
+
+def _plan_slide_outputs(tasks: Sequence[ImageTask]) -> None:
+    """Slide mode: a TIFF's labels are a TIFF (its GeoTIFF tags kept) and, read in rows, it
+    gets no overlay (``large``)."""
+    for task in tasks:
+        stem = osp.splitext(task.outputs["label"])[0]
+        task.outputs["label"] = plan_label_path(stem, task.path)
+        if task.outputs["label"].endswith(".tif"):
+            task.outputs.pop("overlay", None)
 
 
 def _mark_output_conflicts(tasks: Sequence[ImageTask], out_dir: str) -> None:
@@ -194,7 +205,8 @@ class LoaderOptions:
     ``max_bytes`` per image (``read_image``), ``batch_size`` consecutive images of equal size
     per forward, and the loop: ``pipeline`` (default: ``workers > 0``) runs ``workers``
     DataLoader processes and ``writers`` threads around the forward (``pipeline``), else the
-    sequential loop."""
+    sequential loop. ``scale``: with a sliding window, images are segmented at ``scale`` times
+    their size (default 1: native; labels come back at the input's size)."""
 
     batch_size: int = 1
     workers: int = 0
@@ -204,8 +216,11 @@ class LoaderOptions:
     extensions: Optional[Sequence[str]] = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: Optional[int] = None
+    scale: float = 1.0
 
     def __post_init__(self):
+        if not self.scale > 0:
+            raise InferenceInputError(f"scale must be > 0, got {self.scale}")
         if self.batch_size < 1:
             raise InferenceInputError(f"batch size must be >= 1, got {self.batch_size}")
         if self.workers < 0 or self.writers < 1:
@@ -307,24 +322,40 @@ class FolderInference:
             reason = f"cannot write outputs: {type(error).__name__}: {error}"
             self.fail(item.index, reason, item.identity)
             return
-        self.records[item.index] = {
+        label_counts = class_pixel_counts(label, self.num_classes)
+        seconds = (item.read_s, infer_s, time.perf_counter() - start)
+        self.record(item.index, item.info, label.shape, label_counts, seconds, item.identity)
+
+    def record(
+        self,
+        index: int,
+        source: dict,
+        shape: Tuple[int, ...],
+        class_pixels: Dict[str, int],
+        seconds: Tuple[float, float, float],
+        identity: dict,
+    ) -> None:
+        """Record task ``index`` as done (outputs in place): ``source`` is ``read_image``'s
+        description, ``seconds`` ``(read, infer, write)``."""
+        task = self.tasks[index]
+        self.records[index] = {
             "name": task.name,
             "input": task.path,
             "status": "done",
-            "height": int(label.shape[0]),
-            "width": int(label.shape[1]),
-            "source": {k: item.info[k] for k in ("format", "mode", "bit_depth")},
-            "conversions": item.info["conversions"],
-            "class_pixels": class_pixel_counts(label, self.num_classes),
+            "height": int(shape[0]),
+            "width": int(shape[1]),
+            "source": {k: source[k] for k in ("format", "mode", "bit_depth")},
+            "conversions": source["conversions"],
+            "class_pixels": class_pixels,
             "outputs": {k: osp.relpath(v, self.out_dir) for k, v in task.outputs.items()},
             "timings": {
-                "read_s": round(item.read_s, 4),
-                "infer_s": round(infer_s, 4),
-                "write_s": round(time.perf_counter() - start, 4),
+                "read_s": round(seconds[0], 4),
+                "infer_s": round(seconds[1], 4),
+                "write_s": round(seconds[2], 4),
             },
         }
         if self.journal is not None:
-            self.journal.add(self.records[item.index], item.identity)
+            self.journal.add(self.records[index], identity)
 
     def _write_outputs(self, task: ImageTask, image: np.ndarray, prediction: Prediction):
         label = prediction.label
@@ -339,7 +370,13 @@ class FolderInference:
         return label
 
     def run(self, todo: Sequence[int], progress: Progress) -> None:
-        """Segment the tasks ``todo``; consecutive images of equal size share a batch."""
+        """Segment the tasks ``todo``; consecutive images of equal size share a batch; with a
+        sliding window, one image at a time in bounded memory (``large``)."""
+        if self.predictor.slide is not None:
+            for index in todo:
+                segment_large(self, index, progress)
+                progress.update(1)
+            return
         items = (self.preprocess(index) for index in todo)
         for batch in equal_shape_batches(items, self.loader.batch_size, progress.update):
             for item, prediction, seconds in self.forward(batch):
@@ -419,6 +456,13 @@ def segment_inputs(
         group = RankGroup(info, distributed.timeout)
         with termination_as_interrupt():
             predictor = load(info)
+            if predictor.slide is not None:
+                _plan_slide_outputs(tasks)
+                if loader.pipelined and info.rank == 0:
+                    print(
+                        "note: slide mode reads one image at a time (--workers unused)",
+                        file=sys.stderr,
+                    )
             fingerprint = predictor.fingerprint()
             load_s = time.perf_counter() - start
             journal = Journal(out_dir, info.rank, info.world_size, fingerprint["digest"])
@@ -466,7 +510,7 @@ def segment_inputs(
 
 
 def _loop(runner: FolderInference, todo: Sequence[int], loader: LoaderOptions, bar) -> None:
-    if loader.pipelined:
+    if loader.pipelined and runner.predictor.slide is None:
         # torch's DataLoader: only the PyTorch predictor has this loop
         from .pipeline import run_pipelined  # noqa: PLC0415
 

@@ -140,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="sliding-window inference: --slide [CROP [STRIDE]], each H or HxW (default: the "
         "config's crop size, stride 2/3 of the crop); for images larger than the training crop",
     )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="with --slide: segment images at this factor of their size (default 1: native "
+        "resolution, the config's test resize is not applied; labels at the input's size)",
+    )
     add_speed_arguments(parser, "infer")
     parser.add_argument(
         "--launcher",
@@ -214,6 +221,7 @@ def main(argv=None) -> int:
             recursive=args.recursive,
             extensions=args.ext,
             max_pixels=int(args.max_pixels),
+            scale=args.scale,
         ),
         speed=speed_policy(args, "infer", args.device or default_device()),
         distributed=DistributedOptions(launcher=args.launcher, timeout=args.dist_timeout),

@@ -266,6 +266,7 @@ def test_sigterm_ends_everything(tmp_path, models, workers):
     write_images(images, 12, size=(512, 1024))
     command = [sys.executable, INFER, config, checkpoint, str(images), "--out-dir", str(out)]
     command += ["--no-progress", "--workers", str(workers)]
+    command += ["--cfg-options", "model.test_cfg.mode=whole"]  # slide mode has no workers
     proc = subprocess.Popen(
         command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -395,6 +396,7 @@ def test_full_disk_ends_in_one_line_and_a_rerun_finishes(tmp_path, models, disk)
             full = tmp_path / "full"
             full.touch()
             env = child_env(hooked(tmp_path, INJECT_ENOSPC.format(full=str(full))))
+            command += ["--cfg-options", "model.test_cfg.mode=whole"]  # atomic_write_with
         proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 1, proc.stderr[-3000:]  # 0.2: 1 with tracebacks
         (line,) = error_lines(proc.stderr)
