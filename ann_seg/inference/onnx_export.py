@@ -202,7 +202,8 @@ def compare_backend(
 ) -> List[dict]:
     """Per BGR uint8 image: the backend's labels and logits against the float32 PyTorch
     ``model``'s (``mmseg.apis.inference_model``): ``agreement`` (fraction of equal pixels),
-    ``logits_max_abs_diff`` and the image's ``shape``."""
+    ``logits_max_abs_diff``, ``logits_max_rel_diff`` (over max |PyTorch logit|) and the
+    image's ``shape``."""
     from mmseg.apis import inference_model  # mmseg's public API; the export needs none of it
 
     rows = []
@@ -212,11 +213,13 @@ def compare_backend(
         expected_label = result.pred_sem_seg.data[0].numpy()
         expected_logits = result.seg_logits.data.float().numpy()
         actual = predictor.predict([image], want_logits=True)[0]
+        diff = float(np.abs(actual.logits - expected_logits).max())
         rows.append(
             {
                 "shape": list(image.shape[:2]),
                 "agreement": float((actual.label == expected_label).mean()),
-                "logits_max_abs_diff": float(np.abs(actual.logits - expected_logits).max()),
+                "logits_max_abs_diff": diff,
+                "logits_max_rel_diff": diff / max(float(np.abs(expected_logits).max()), 1e-12),
             }
         )
     return rows
