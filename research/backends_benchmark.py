@@ -1,13 +1,17 @@
 """Exported backends against the PyTorch paths, one interleaved run: onnxruntime fp32,
 OpenVINO fp32 (and bf16 with --openvino-bf16), ann_seg's PyTorch path with the speed policy's
 ``--fast`` (``SpeedPolicy.fast('infer')`` + ``apply_inference_speed``) and mmseg fp32
-(``mmseg.apis.inference_model``). ms/image (median over rounds, warm-up excluded) and pixel
-agreement with mmseg fp32 per mode. Each timed call is one whole image through the
-mode's own preprocessing, model and postprocessing (labels at the image size).
+(``mmseg.apis.inference_model``). ms/image (median over rounds, warm-up excluded), pixel
+agreement and logits max error (over max |logit|) against mmseg fp32 per mode. Each timed call
+is one whole image through the mode's own preprocessing, model and postprocessing (labels and
+logits at the image size).
 
-The model has PyTorch's default init (random weights, saved to a temporary checkpoint and
-exported with ``ann-seg export-onnx --dynamic``'s code path): speed is that of trained
-weights, agreement is a property of these weights (near-tied logits flip more easily).
+Random weights (no trained checkpoint is reachable here): convolutions N(0, 2/fan_in), BN
+weights N(0, --bn-std), biases N(0, 0.1), saved to a temporary checkpoint and exported with
+``ann-seg export-onnx --dynamic``'s code path. PyTorch's default init labels every pixel with
+one class (agreement would be trivially 100 %); at --bn-std 0.55 the R-101 model labels the
+images (colour blobs plus noise) with a few classes, one dominant: the run prints the share.
+Speed is that of trained weights; agreement depends on the margins of these weights.
 
 Example (from the repository root; the test resize set to the image size, so the network
 runs at 512 x 1024 as the folder benchmark's --speed):
@@ -24,6 +28,7 @@ import sys
 import tempfile
 import time
 
+import cv2
 import numpy as np
 import torch
 from mmseg.apis import inference_model
@@ -47,21 +52,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", type=int, default=2, help="images per round (default 2)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (default 3)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bn-std", type=float, default=0.55, help="see above (default 0.55)")
     parser.add_argument("--openvino-bf16", action="store_true", help="also OpenVINO in bf16")
     parser.add_argument("--json", help="write the results here")
     cli.add_cfg_options_argument(parser)
     return parser
 
 
-def random_checkpoint(config, cfg_options, path: str) -> str:
-    model = build_segmentor(config, cfg_options=cfg_options)  # default init, nothing downloaded
-    torch.save({"state_dict": model.state_dict(), "meta": {}}, path)
+def random_checkpoint(config, cfg_options, path: str, bn_std: float) -> str:
+    model = build_segmentor(config, cfg_options=cfg_options)  # nothing downloaded
+    generator = torch.Generator().manual_seed(0)
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, tensor in state.items():
+            if not tensor.dtype.is_floating_point or "running" in name:
+                continue
+            if tensor.ndim > 1:
+                std = (2.0 / tensor[0].numel()) ** 0.5
+            else:
+                std = bn_std if name.endswith("weight") else 0.1
+            tensor.copy_(torch.randn(tensor.shape, generator=generator) * std)
+    torch.save({"state_dict": state, "meta": {}}, path)
     return path
+
+
+def blob_images(count: int, height: int, width: int, seed: int = 0):
+    """Colour blobs (an eighth of the size, upsampled) plus noise, BGR uint8."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        small = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+        blobs = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+        noise = rng.integers(-20, 21, (height, width, 3))
+        images.append(np.clip(blobs.astype(np.int16) + noise, 0, 255).astype(np.uint8))
+    return images
 
 
 def backend_mode(predictor):
     def run(image):
-        return predictor.predict([image], want_logits=False)[0].label
+        prediction = predictor.predict([image], want_logits=True)[0]  # computed either way
+        return prediction.label, prediction.logits
 
     return run
 
@@ -69,7 +99,8 @@ def backend_mode(predictor):
 def torch_mode(model):
     def run(image):
         with torch.no_grad():
-            return inference_model(model, image).pred_sem_seg.data[0].numpy()
+            result = inference_model(model, image)
+        return result.pred_sem_seg.data[0].numpy(), result.seg_logits.data.float().numpy()
 
     return run
 
@@ -78,11 +109,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     options = {"model.pretrained": None, **(args.cfg_options or {})}
-    rng = np.random.default_rng(0)
     height, width = args.size
-    images = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(args.images)]
+    images = blob_images(args.images, height, width)
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = random_checkpoint(args.config, options, osp.join(tmp, "random.pth"))
+        checkpoint = random_checkpoint(
+            args.config, options, osp.join(tmp, "random.pth"), args.bn_std
+        )
         onnx_file = osp.join(tmp, "model.onnx")
         start = time.perf_counter()
         export = export_onnx(
@@ -106,15 +138,19 @@ def main(argv=None) -> int:
         reference = [torch_mode(fp32)(image) for image in images]
         times = {name: [] for name in modes}
         agreement = {name: [] for name in modes}
+        logits_error = {name: [] for name in modes}
         for round_index in range(args.rounds + 1):  # round 0: warm-up
             for name, run in modes.items():
                 start = time.perf_counter()
-                labels = [run(image) for image in images]
+                outputs = [run(image) for image in images]
                 elapsed = (time.perf_counter() - start) / len(images)
                 if round_index:
                     times[name].append(elapsed * 1000)
                 if round_index == 1:
-                    agreement[name] = [float((a == b).mean()) for a, b in zip(labels, reference)]
+                    for (label, logits), (ref_label, ref_logits) in zip(outputs, reference):
+                        agreement[name].append(float((label == ref_label).mean()))
+                        error = np.abs(logits - ref_logits).max() / np.abs(ref_logits).max()
+                        logits_error[name].append(float(error))
             print(f"round {round_index} done", file=sys.stderr)
     base = statistics.median(times["mmseg fp32 (inference_model)"])
     rows = []
@@ -127,14 +163,25 @@ def main(argv=None) -> int:
                 f"{min(times[name]):.0f}-{max(times[name]):.0f}",
                 f"{base / ms:.2f}x",
                 f"{100 * min(agreement[name]):.3f}",
+                f"{max(logits_error[name]):.1e}",
             ]
         )
-    header = ["mode", "ms/image (median)", "range", "vs mmseg fp32", "min pixel agreement %"]
+    header = [
+        "mode",
+        "ms/image (median)",
+        "range",
+        "vs mmseg fp32",
+        "min pixel agreement %",
+        "logits max err (rel. to max logit)",
+    ]
+    counts = [np.bincount(label.ravel()) for label, _ in reference]
+    shares = [f"{(c > 0).sum()} classes, largest {c.max() / c.sum():.1%}" for c in counts]
     print(markdown_table(header, rows))
     print(
         f"{args.config} (random weights), {height} x {width} images, {args.images} per round, "
         f"{args.rounds} timed rounds after a warm-up, {args.threads} threads; export "
-        f"{export_s:.0f} s, verification {[c['max_abs_diff'] for c in export['checks']]}"
+        f"{export_s:.0f} s, verification {[c['max_abs_diff'] for c in export['checks']]}; "
+        f"mmseg fp32 labels: {'; '.join(shares)}"
     )
     if args.json:
         with open(args.json, "w") as f:
@@ -143,6 +190,7 @@ def main(argv=None) -> int:
                     "args": vars(args),
                     "times_ms": times,
                     "agreement": agreement,
+                    "logits_max_rel_error": logits_error,
                     "export_s": export_s,
                     "speed": speed.record(),
                 },
