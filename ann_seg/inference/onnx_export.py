@@ -8,21 +8,41 @@ Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)``. The fi
 atomically, only after onnxruntime reproduces the PyTorch logits within ``|ort - torch| <=
 atol + rtol * |torch|`` on random images: at the export shape, and for dynamic exports also at
 batch 2 and ``(3H/4 + 3, 3W/4 + 3)``.
+
+The file carries one ``metadata_props`` entry, ``ann_seg``: JSON (``export_metadata``) with
+what ``ann_seg.inference.backends`` runs around the graph without the config: classes, palette,
+the test pipeline's resize, ``test_cfg``, the head's ``align_corners``, the checkpoint's name
+and digest. ``compare_backend`` checks an exported model on a backend against the float32
+PyTorch model (``mmseg.apis.inference_model``) image by image (``--check-images``).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import os.path as osp
 import warnings
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ann_seg.io import atomic_path
+from ann_seg import __version__
+from ann_seg.io import IMAGE_EXTENSIONS, atomic_path, read_image
 from ann_seg.layers.compat import torchscript_onnx_export_kwargs
 from ann_seg.mmseg import build_segmentor
+
+from .backends import (
+    FORMAT_VERSION,
+    METADATA_KEY,
+    NO_OP_TRANSFORMS,
+    ExportedPredictor,
+    load_backend,
+)
+from .fingerprint import checkpoint_digest, model_fingerprint
+from .inputs import InferenceInputError
 
 DEFAULT_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
@@ -64,6 +84,171 @@ def default_export_shape(model: nn.Module) -> Tuple[int, int]:
         return tuple(int(v) for v in test_cfg["crop_size"])
     size = getattr(model.data_preprocessor, "size", None)
     return tuple(int(v) for v in size) if size else (512, 1024)
+
+
+def _plain(value: Any) -> Any:
+    """ConfigDicts, tuples and tensors as JSON values."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _plain(value.tolist())
+    return value
+
+
+def pipeline_resize(pipeline: Sequence[dict]) -> Tuple[Optional[dict], List[str]]:
+    """The ``test_pipeline``'s one ``Resize`` (``scale`` as (w, h) or ``scale_factor`` as
+    (sx, sy), ``keep_ratio``, ``interpolation``, ``backend``) or None, and the steps the exported
+    backends do not reproduce (any other than loading, annotations and packing; a second
+    Resize)."""
+    resize, unsupported = None, []
+    for step in pipeline or []:
+        kind = str(step.get("type", "")).split(".")[-1]
+        if kind in NO_OP_TRANSFORMS:
+            continue
+        if kind == "Resize" and resize is None:
+            scale, factor = step.get("scale"), step.get("scale_factor")
+            if isinstance(scale, int):
+                scale = (scale, scale)  # as mmcv's Resize
+            if isinstance(factor, (int, float)):
+                factor = (factor, factor)
+            resize = {
+                "scale": _plain(scale),
+                "scale_factor": _plain(factor),
+                "keep_ratio": bool(step.get("keep_ratio", False)),
+                "interpolation": step.get("interpolation", "bilinear"),
+                "backend": step.get("backend", "cv2"),
+            }
+        else:
+            unsupported.append(kind)
+    return resize, unsupported
+
+
+def export_metadata(
+    model: nn.Module, config, checkpoint: str, shape: Sequence[int], dynamic: bool, opset: int
+) -> dict:
+    """The ``ann_seg`` metadata entry of an export of ``model`` (built from ``config`` and
+    ``checkpoint``): see ``ann_seg.inference.backends``."""
+    pre = model.data_preprocessor
+    head = model.decode_head
+    cfg = model.cfg
+    normalize = getattr(pre, "_enable_normalize", False)
+    resize, unsupported = pipeline_resize(cfg.get("test_pipeline"))
+    meta = dict(getattr(model, "dataset_meta", None) or {})
+    digest = checkpoint_digest(checkpoint)
+    parts = model_fingerprint(cfg, checkpoint, digest, {}, "cpu", meta)["parts"]
+    test_cfg = _plain(getattr(model, "test_cfg", None) or {})
+    return {
+        "format_version": FORMAT_VERSION,
+        "ann_seg_version": __version__,
+        "config": config if isinstance(config, str) else getattr(cfg, "filename", None),
+        "checkpoint": osp.basename(checkpoint),
+        "checkpoint_digest": digest,
+        "fingerprint": {k: parts[k] for k in ("config", "test_cfg", "classes")},
+        "classes": _plain(meta.get("classes")),
+        "palette": _plain(meta.get("palette")),
+        "num_classes": int(head.num_classes),
+        "input": {
+            "name": INPUT_NAME,
+            "layout": "NCHW",
+            "dtype": "float32",
+            "channels": "RGB",
+            "range": [0, 255],
+            "normalized_in_graph": True,
+        },
+        "normalization": {
+            "mean": _plain(pre.mean.flatten()) if normalize else None,
+            "std": _plain(pre.std.flatten()) if normalize else None,
+            "bgr_to_rgb": bool(getattr(pre, "channel_conversion", False)),
+        },
+        "test_pad": _plain(getattr(pre, "test_cfg", None)) or None,
+        "test_resize": resize,
+        "unsupported_transforms": unsupported,
+        "test_cfg": {k: test_cfg.get(k) for k in ("mode", "crop_size", "stride")},
+        "output": {
+            "name": OUTPUT_NAME,
+            "semantics": "logits at the graph input's size (upsampled from the head's 1/8)",
+            "channels": int(head.out_channels),
+            "align_corners": bool(head.align_corners),
+            "threshold": _plain(getattr(head, "threshold", None)),
+        },
+        "export": {"shape": list(shape), "dynamic": dynamic, "opset": opset},
+    }
+
+
+def write_metadata(onnx_file: str, metadata: dict) -> None:
+    """Store ``metadata`` as the ``ann_seg`` entry of ``onnx_file``'s ``metadata_props``; the
+    output's class dimension becomes ``metadata['output']['channels']``."""
+    import onnx  # optional (dev extra)
+
+    proto = onnx.load(onnx_file)
+    # the exporter leaves the class dimension symbolic behind the dynamic Resize: make it
+    # static, so a runtime (and the backends' class-count check) sees C before running
+    channels = proto.graph.output[0].type.tensor_type.shape.dim[1]
+    channels.Clear()
+    channels.dim_value = int(metadata["output"]["channels"])
+    kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    onnx.helper.set_model_props(
+        proto, {**{p.key: p.value for p in kept}, METADATA_KEY: json.dumps(metadata)}
+    )
+    onnx.save(proto, onnx_file)
+
+
+def compare_backend(
+    predictor: ExportedPredictor, model: nn.Module, images: Sequence[np.ndarray]
+) -> List[dict]:
+    """Per BGR uint8 image: the backend's labels and logits against the float32 PyTorch
+    ``model``'s (``mmseg.apis.inference_model``): ``agreement`` (fraction of equal pixels),
+    ``logits_max_abs_diff``, ``logits_max_rel_diff`` (over max |PyTorch logit|) and the
+    image's ``shape``."""
+    from mmseg.apis import inference_model  # mmseg's public API; the export needs none of it
+
+    rows = []
+    for image in images:
+        with torch.no_grad():
+            result = inference_model(model, image)
+        expected_label = result.pred_sem_seg.data[0].numpy()
+        expected_logits = result.seg_logits.data.float().numpy()
+        actual = predictor.predict([image], want_logits=True)[0]
+        diff = float(np.abs(actual.logits - expected_logits).max())
+        rows.append(
+            {
+                "shape": list(image.shape[:2]),
+                "agreement": float((actual.label == expected_label).mean()),
+                "logits_max_abs_diff": diff,
+                "logits_max_rel_diff": diff / max(float(np.abs(expected_logits).max()), 1e-12),
+            }
+        )
+    return rows
+
+
+def check_images(
+    onnx_file: str,
+    config,
+    checkpoint: str,
+    image_dir: str,
+    backend: str = "onnxruntime",
+    threads: Optional[int] = None,
+    cfg_options: Optional[dict] = None,
+) -> List[dict]:
+    """``compare_backend`` of ``onnx_file`` on ``backend`` against ``config``/``checkpoint`` in
+    float32 PyTorch on the images directly in ``image_dir``; one row per image (``image``:
+    its file name)."""
+    names = sorted(
+        n for n in os.listdir(image_dir) if osp.splitext(n)[1].lower() in IMAGE_EXTENSIONS
+    )
+    if not names:
+        raise InferenceInputError(f"--check-images: no images in {image_dir}")
+    model = build_segmentor(config, cfg_options=cfg_options, checkpoint=checkpoint)
+    predictor = load_backend(backend, onnx_file, threads)
+    rows = []
+    for name in names:
+        image, _ = read_image(osp.join(image_dir, name))
+        rows.append({"image": name, **compare_backend(predictor, model, [image])[0]})
+    return rows
 
 
 def _random_images(batch: int, height: int, width: int, seed: int) -> torch.Tensor:
@@ -147,6 +332,8 @@ def export_onnx(
                 do_constant_folding=True,
                 **torchscript_onnx_export_kwargs(),
             )
+        metadata = export_metadata(model, config, checkpoint, (height, width), dynamic, opset)
+        write_metadata(tmp, metadata)
         onnx.checker.check_model(tmp)
         checks = verify_onnx(tmp, wrapper, shapes, atol, rtol)
         report = {
@@ -160,6 +347,7 @@ def export_onnx(
             "atol": atol,
             "rtol": rtol,
             "checks": checks,
+            "metadata": metadata,
         }
         if not all(check["ok"] for check in checks):
             raise ExportCheckError(

@@ -9,13 +9,24 @@ Examples:
   ann-seg export-onnx ann_seg::demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py \\
       work_dirs/demo/iter_600.pth demo.onnx
   ann-seg export-onnx CONFIG CHECKPOINT model.onnx --shape 512 1024 --dynamic
+  # then the exported model on a backend against float32 PyTorch, image by image (exit 1
+  # below --min-agreement); ann-seg infer --backend onnxruntime|openvino runs it
+  ann-seg export-onnx CONFIG CHECKPOINT model.onnx --dynamic --check-images samples/ \\
+      --check-backend openvino
 """
 
 import argparse
 import json
 import sys
 
-from ann_seg.inference.onnx_export import DEFAULT_OPSET, ExportCheckError, export_onnx
+from ann_seg.inference.backends import BACKENDS
+from ann_seg.inference.onnx_export import (
+    DEFAULT_OPSET,
+    ExportCheckError,
+    check_images,
+    export_onnx,
+)
+from ann_seg.inference.threads import add_threads_argument, choose_threads
 from ann_seg.tools import cli
 
 
@@ -37,6 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})"
     )
+    parser.add_argument(
+        "--check-images",
+        metavar="DIR",
+        help="after the export, run it on the images in DIR with --check-backend and compare "
+        "with the float32 PyTorch model: pixel agreement and logits max error per image",
+    )
+    parser.add_argument(
+        "--check-backend", choices=BACKENDS, default="onnxruntime", help="(default onnxruntime)"
+    )
+    parser.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.999,
+        help="--check-images fails (exit 1) when an image agrees less (default 0.999)",
+    )
+    add_threads_argument(parser)
     cli.add_cfg_options_argument(parser)
     cli.add_debug_argument(parser)
     return parser
@@ -54,12 +81,33 @@ def main(argv=None) -> int:
             opset=args.opset,
             cfg_options=args.cfg_options,
         )
+        if args.check_images:
+            choose_threads(args.threads)  # the PyTorch side; the backend gets args.threads
+            rows = check_images(
+                args.out,
+                args.config,
+                args.checkpoint,
+                args.check_images,
+                args.check_backend,
+                args.threads,
+                args.cfg_options,
+            )
+            report["parity"] = {"backend": args.check_backend, "images": rows}
+            worst = min(row["agreement"] for row in rows)
+            if worst < args.min_agreement:
+                print(json.dumps(report, indent=2))
+                print(
+                    f"error: {args.check_backend} agrees with PyTorch on {worst:.4%} of an "
+                    f"image's pixels, below --min-agreement {args.min_agreement}",
+                    file=sys.stderr,
+                )
+                return 1
     except ExportCheckError as error:  # onnxruntime disagrees: nothing written
         if args.debug:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except ValueError as error:  # a bad --shape (known errors go to cli.run)
+    except ValueError as error:  # a bad --shape, a BackendError (known errors go to cli.run)
         if args.debug or isinstance(error, cli.KNOWN_ERRORS):
             raise
         print(f"error: {error}", file=sys.stderr)
