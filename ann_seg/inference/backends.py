@@ -21,15 +21,16 @@ by the export and refused here. This module imports only numpy and OpenCV at mod
 onnxruntime and OpenVINO are optional extras, imported where used.
 """
 
-import hashlib
 import json
 import os
 import os.path as osp
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+
+from .fingerprint import digest_of, file_digest
+from .predictor import Prediction, nonfinite_problem
 
 METADATA_KEY = "ann_seg"
 FORMAT_VERSION = 1
@@ -53,20 +54,10 @@ CV2_INTERPOLATION = {
     "lanczos": cv2.INTER_LANCZOS4,
 }
 NO_METADATA = "exported without metadata: re-export with ann-seg export-onnx"
-_CHUNK = 1 << 20
 
 
 class BackendError(ValueError):
     """An exported model that cannot be run: not ONNX, no or bad metadata, runtime missing."""
-
-
-@dataclass
-class Prediction:
-    """``label`` (H, W) int64 class ids and ``logits`` (C, H, W) float32 (or None), both at
-    the input image's size."""
-
-    label: np.ndarray
-    logits: Optional[np.ndarray]
 
 
 # ------------------------------------------------------------------ mmcv's resize, in numpy
@@ -138,20 +129,6 @@ def bilinear_resize(x: np.ndarray, size: Tuple[int, int], align_corners: bool) -
 # ------------------------------------------------------------------------------- metadata
 
 
-def _digest(value: Any) -> str:
-    """``ann_seg.inference.fingerprint._digest`` (that module's package imports mmengine)."""
-    text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
-
-
-def _file_digest(path: str) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def parse_metadata(text: Optional[str], model_path: str) -> dict:
     """The ``ann_seg`` metadata entry's JSON, checked for the keys this module reads."""
     if not text:
@@ -179,7 +156,7 @@ def read_metadata(model_path: str) -> dict:
     onnxruntime and OpenVINO is installed."""
     _check_onnx_file(model_path)
     try:
-        import onnx  # optional: reads the metadata without building a session
+        import onnx  # noqa: PLC0415 - optional: reads the metadata without a session
     except ImportError:
         onnx = None
     if onnx is not None:
@@ -232,7 +209,7 @@ class OnnxRuntimeRunner:
 
     def __init__(self, model_path: str, threads: Optional[int], precision: str):
         try:
-            import onnxruntime as ort  # optional extra
+            import onnxruntime as ort  # noqa: PLC0415 - optional extra
         except ImportError:
             raise _missing("onnxruntime") from None
         options = ort.SessionOptions()
@@ -268,7 +245,7 @@ class OpenVinoRunner:
 
     def __init__(self, model_path: str, threads: Optional[int], precision: str):
         try:
-            import openvino as ov  # optional extra
+            import openvino as ov  # noqa: PLC0415 - optional extra
         except ImportError:
             raise _missing("openvino") from None
         core = ov.Core()
@@ -408,16 +385,33 @@ class ExportedPredictor:
         logits = self._run(preprocess(images, self.resize))
         predictions = []
         for item in logits:
+            problem = nonfinite_problem(item)
             item = bilinear_resize(item, (height, width), self.align_corners)
             if self.channels > 1:
                 label = item.argmax(axis=0)
             else:  # one channel: sigmoid and the head's threshold, as postprocess_result
                 item = 1 / (1 + np.exp(-item))
                 label = (item[0] > self.threshold).astype(np.int64)
-            predictions.append(
-                Prediction(label.astype(np.int64, copy=False), item if want_logits else None)
-            )
+            label = label.astype(np.int64, copy=False)
+            predictions.append(Prediction(label, item if want_logits else None, problem))
         return predictions
+
+    def describe(self) -> dict:
+        """The summary's fields about the model."""
+        meta = self.metadata
+        return {
+            "config": meta.get("config"),
+            "checkpoint": meta.get("checkpoint"),
+            "backend": self.kind,
+            "model": osp.abspath(self.model_path),
+            "device": "cpu",
+            "speed": {"name": f"{self.kind}-{self.runner.precision}"},
+            "test_cfg": meta.get("test_cfg"),
+            "classes": self.classes,
+            "palette": self.palette,
+            "palette_source": "the exported model's metadata",
+            "fingerprint": self.fingerprint(),
+        }
 
     def fingerprint(self) -> dict:
         """``model_fingerprint``'s shape: the export's config, test_cfg and classes digests
@@ -433,14 +427,14 @@ class ExportedPredictor:
             }
             parts = {
                 "config": torch_parts.get("config"),
-                "test_cfg": torch_parts.get("test_cfg", _digest(meta["test_cfg"])),
+                "test_cfg": torch_parts.get("test_cfg", digest_of(meta["test_cfg"])),
                 "checkpoint": meta.get("checkpoint_digest"),
-                "speed": _digest(speed),
+                "speed": digest_of(speed),
                 "classes": torch_parts.get("classes"),
-                "model": _file_digest(self.model_path),
+                "model": file_digest(self.model_path),
             }
             self._fingerprint = {
-                "digest": _digest(parts),
+                "digest": digest_of(parts),
                 "checkpoint": meta.get("checkpoint"),
                 "backend": self.kind,
                 "model": osp.abspath(self.model_path),

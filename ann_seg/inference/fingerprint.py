@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional
 
 from .inputs import InferenceInputError
 
-PARTS = ("config", "test_cfg", "checkpoint", "speed", "classes")
+PARTS = ("config", "test_cfg", "checkpoint", "speed", "classes", "model")  # model: exported
 _CHUNK = 1 << 20
 _SPEED_KEYS = ("name", "precision", "native_low_precision", "channels_last")
 
@@ -47,7 +47,8 @@ def checkpoint_digest(checkpoint: str) -> str:
     return file_digest(checkpoint) if osp.isfile(checkpoint) else f"name:{checkpoint}"
 
 
-def _digest(value: Any) -> str:
+def digest_of(value: Any) -> str:
+    """BLAKE2b (64 bits, hex) of ``value`` as sorted, compact JSON."""
     text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
@@ -79,13 +80,13 @@ def model_fingerprint(
     speed = {k: speed.get(k) for k in _SPEED_KEYS}
     speed["device"] = str(device).split(":")[0]
     parts = {
-        "config": _digest(config),
-        "test_cfg": _digest(test_cfg),
+        "config": digest_of(config),
+        "test_cfg": digest_of(test_cfg),
         "checkpoint": checkpoint_hash,
-        "speed": _digest(speed),
-        "classes": _digest(_plain([meta.get("classes"), meta.get("palette")])),
+        "speed": digest_of(speed),
+        "classes": digest_of(_plain([meta.get("classes"), meta.get("palette")])),
     }
-    return {"digest": _digest(parts), "checkpoint": str(checkpoint), "parts": parts}
+    return {"digest": digest_of(parts), "checkpoint": str(checkpoint), "parts": parts}
 
 
 def describe_change(old: Optional[dict], new: dict) -> str:

@@ -4,8 +4,6 @@ import sys
 import time
 from typing import Optional, TextIO
 
-from mmengine.utils import ProgressBar
-
 LOG_STEPS = 4  # lines written to a non-terminal: at 25, 50, 75 and 100 %
 
 
@@ -19,9 +17,12 @@ class Progress:
         self.total, self.done, self.start = total, 0, time.perf_counter()
         self.active = enabled and total > 0
         isatty = getattr(self.stream, "isatty", None)
-        self.bar = (
-            ProgressBar(total, file=self.stream) if self.active and isatty and isatty() else None
-        )
+        self.bar = None
+        if self.active and isatty and isatty():
+            # mmengine is not in an exported model's minimal runtime: only a terminal needs it
+            from mmengine.utils import ProgressBar  # noqa: PLC0415
+
+            self.bar = ProgressBar(total, file=self.stream)
         self.next_line = 1
 
     def update(self, count: int = 1) -> None:

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _inference_helpers import DEMO_CONFIG, load_tool, make_checkpoint
+from _helpers import load_tool
+from _inference_helpers import DEMO_CONFIG, make_checkpoint
 from mmcv.transforms import Resize
 from mmseg.apis import inference_model
 
@@ -415,27 +416,15 @@ assert not heavy, heavy
 print("ok")
 """
 
-# what the proposed lazy ``ann_seg/inference/__init__.py`` gives: the package without running
-# its eager imports (folder.py -> torch, mmengine, mmseg)
-LAZY_PACKAGE = """
-import types, ann_seg
-package = types.ModuleType("ann_seg.inference")
-package.__path__ = [{path!r}]
-sys.modules["ann_seg.inference"] = package
-"""
 
-
-def _torch_free(tmp_path, exported, kind, lazy_package):
+def _torch_free(tmp_path, exported, kind):
     out, _, model = exported
     image = _images([(61, 99)], seed=3)[0]
     with torch.no_grad():
         label = inference_model(model, image).pred_sem_seg.data[0].numpy()
     np.save(tmp_path / "image.npy", image)
     np.save(tmp_path / "label.npy", label)
-    script = BLOCKER
-    if lazy_package:
-        script += LAZY_PACKAGE.format(path=osp.join(REPO, "ann_seg", "inference"))
-    script += RUN.format(
+    script = BLOCKER + RUN.format(
         kind=kind, model=out, image=str(tmp_path / "image.npy"), label=str(tmp_path / "label.npy")
     )
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
@@ -451,16 +440,8 @@ def _torch_free(tmp_path, exported, kind, lazy_package):
 
 @pytest.mark.parametrize("kind", ["onnxruntime", "openvino"])
 def test_backends_run_without_torch(tmp_path, exported, kind):
+    """The package as installed, with torch, mmcv, mmseg and mmengine not installed."""
     if kind == "openvino":
         pytest.importorskip("openvino")
-    proc = _torch_free(tmp_path, exported, kind, lazy_package=True)
+    proc = _torch_free(tmp_path, exported, kind)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="ann_seg/inference/__init__.py imports folder.py (torch, mmengine, mmseg) eagerly",
-)
-def test_backends_import_without_torch_as_installed(tmp_path, exported):
-    proc = _torch_free(tmp_path, exported, "onnxruntime", lazy_package=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
