@@ -277,7 +277,7 @@ class FolderInference:
 
     def pipeline_dataset(self, todo: Sequence[int]):
         """The pipelined loop's reading stage for the tasks ``todo`` (``pipeline``)."""
-        keep_image = "overlay" in (self.tasks[todo[0]].outputs if todo else {})
+        keep_image = any("overlay" in self.tasks[i].outputs for i in todo)  # frames: none
         return self.predictor.pipeline_dataset(self.tasks, todo, self.loader, keep_image)
 
     def _predict(self, batch: List[Decoded]) -> List[Prediction]:

@@ -6,6 +6,7 @@ frames and names the first bad one, videos mix with images, all frames of a vide
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -216,14 +217,21 @@ def test_frames_are_tasks_and_a_video_goes_to_one_rank(tmp_path):
 
 
 def test_pipelined_loop_and_sigkill_resume_give_the_same_videos(tmp_path, tiny):
-    """--workers 2 (each worker streams the video and keeps its frames), then a run killed by
+    """--workers 2 on a folder with an image and the video (each worker streams the video and
+    keeps its frames), then a run killed by
     SIGKILL mid-video and resumed: the label video of a sequential run, byte for byte."""
     video = make_video(tmp_path / "clip.mkv", 40, height=256, width=512)
     seq, piped, killed = tmp_path / "seq", tmp_path / "piped", tmp_path / "killed"
     assert infer(tiny, video, seq) == 0
-    assert infer(tiny, video, piped, "--workers", "2", "--batch-size", "3") == 0
+    mixed = tmp_path / "mixed"  # the video, then an image, both with overlays
+    mixed.mkdir()
+    shutil.copy(video, mixed / "clip.mkv")
+    assert cv2.imwrite(str(mixed / "z.png"), np.full((40, 50, 3), 90, np.uint8))
+    assert infer(tiny, mixed, piped, "--workers", "2", "--batch-size", "3", "--overlay") == 0
     name = "labels/clip.mkv.mkv"
     assert (piped / name).read_bytes() == (seq / name).read_bytes()
+    assert (piped / "overlays/z.png.jpg").is_file()
+    assert probe_video(str(piped / "overlays/clip.mkv.mp4")).frames == 40
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "ann_seg", "infer", *tiny, str(video)]
