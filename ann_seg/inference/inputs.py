@@ -23,6 +23,7 @@ becomes one task per frame, named ``<name>#<frame:06d>``, whose output stem is
 outside the list file's folder: names depended on the other inputs.
 """
 
+import glob
 import os
 import os.path as osp
 import re
@@ -168,6 +169,18 @@ def _read_list(list_file: str) -> List[Tuple[str, str]]:
     return items
 
 
+def _glob_items(pattern: str) -> List[Tuple[str, str]]:
+    """``(path, name)`` of the files ``pattern`` matches, sorted; names relative to the
+    pattern's leading folders without wildcards."""
+    parts = pattern.split("/")
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    base = "/".join(parts[:fixed]) or ("/" if pattern.startswith("/") else ".")
+    paths = sorted(p for p in glob.glob(pattern, recursive=True) if osp.isfile(p))
+    if not paths:
+        raise InferenceInputError(f"no files match {pattern}")
+    return [(p, osp.relpath(p, base).replace(os.sep, "/")) for p in paths]
+
+
 def _output_of(path: str, out_dir: Optional[str]) -> Optional[str]:
     """The output sub-folder of ``out_dir`` that ``path`` lies in, if any."""
     if out_dir is None:
@@ -182,17 +195,23 @@ def collect_inputs(
     exclude: Sequence[str] = (),
     out_dir: Optional[str] = None,
 ) -> List[ImageTask]:
-    """The images named by ``input_path``: an image or video file, a folder (files with one of
+    """The images named by ``input_path``: an image or video file, a glob pattern (quoted
+    ``"photos/*.jpg"``, ``**`` for any depth: the files it matches, named relative to the
+    pattern's folder before the first wildcard), a folder (files with one of
     ``extensions``, sub-folders with ``recursive``; folders under ``exclude`` are skipped) or a
     list file (``.txt``/``.lst``/``.list``). Unreadable entries are kept: reading reports them.
     ``out_dir``'s outputs are never inputs: folders skip them (the whole ``out_dir`` when it
     lies inside the input folder), an image or list entry among them is failed upfront.
     Names and output stems follow the module docstring's rule; a video is expanded into its
     frames (``video_tasks``)."""
-    if not osp.lexists(input_path):
+    if not osp.lexists(input_path) and not glob.has_magic(input_path):
         raise InferenceInputError(f"input not found: {input_path}")
     extensions = normalize_extensions(extensions)
-    if osp.isdir(input_path):
+    if not osp.lexists(input_path):
+        items = [(p, n) for p, n in _glob_items(input_path) if _output_of(p, out_dir) is None]
+        if not items:
+            raise InferenceInputError(f"all files matching {input_path} are outputs of {out_dir}")
+    elif osp.isdir(input_path):
         excluded = _excluded_dirs(input_path, out_dir, exclude)
         paths = _scan_folder(input_path, recursive, extensions, excluded)
         if not paths:

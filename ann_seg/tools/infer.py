@@ -16,6 +16,7 @@ Examples:
   ann-seg infer ann_seg::demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py \\
       work_dirs/demo/iter_600.pth data/synthetic_long_range/leftImg8bit/val --recursive --fuse
   ann-seg infer CONFIG CHECKPOINT photos/ --recursive --overlay --out-dir outputs/photos
+  ann-seg infer CONFIG CHECKPOINT "photos/**/*.jpg"   # a glob (quoted): names relative to photos/
   ann-seg infer CONFIG CHECKPOINT big.png --slide --threads 1   # sliding window
   ann-seg infer CONFIG CHECKPOINT photos/ --workers 2 --batch-size 4   # pipelined loop
 
@@ -74,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         "input",
         nargs="?",
         help="image, video (.mp4, .mkv, .avi, .mov...: segmented frame by frame), folder "
-        "(images and videos), or list file (.txt/.lst/.list, one path per line, relative to "
-        "the list file)",
+        "(images and videos), list file (.txt/.lst/.list, one path per line, relative to "
+        'the list file), or quoted glob pattern ("photos/*.jpg", "data/**/*.png")',
     )
     parser.add_argument(
         "--out-dir", default=DEFAULT_OUT_DIR, help=f"output folder (default {DEFAULT_OUT_DIR})"

@@ -21,7 +21,7 @@ from conftest import REPO, make_video, truncate
 from ann_seg import io as ann_io
 from ann_seg.inference import folder
 from ann_seg.inference.distributed import shard
-from ann_seg.inference.inputs import collect_inputs
+from ann_seg.inference.inputs import InferenceInputError, collect_inputs
 from ann_seg.inference.journal import JOURNAL_NAME, journal_entries
 from ann_seg.io.video import have_pyav, probe_video, read_frames, read_label_video
 from ann_seg.mmseg.synthetic import synthetic_metainfo
@@ -186,7 +186,7 @@ def _good_frames(path):
         return
 
 
-def test_frames_are_tasks_and_a_video_goes_to_one_rank(tmp_path):
+def test_frames_are_tasks_globs_select_and_a_video_goes_to_one_rank(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     for name, frames in (("b.mkv", 3), ("d.avi", 4)):
@@ -209,6 +209,9 @@ def test_frames_are_tasks_and_a_video_goes_to_one_rank(tmp_path):
     for video in ("b.mkv", "d.avi"):
         owners = {r for r in range(2) for i in ranks[r] if tasks[i].video == video}
         assert len(owners) == 1, video
+    assert [t.name for t in collect_inputs(f"{src}/[ab]*")][:2] == ["a.png", "b.mkv#000000"]
+    with pytest.raises(InferenceInputError, match="no files match"):
+        collect_inputs(f"{src}/*.gif")
     assert [t.name for t in collect_inputs(str(src), extensions=["png"])] == [
         "a.png",
         "c.png",
