@@ -20,6 +20,12 @@ with its extension; see ``inputs`` for the exact rule, e.g. ``a.png`` -> ``label
                           timings; failures with reasons; the model's ``fingerprint``
     infer.lock            while a run works here: its pid, host and start (``outdir``)
 
+Videos (``clip.mp4`` in the input): every frame is a task (``inputs.video_tasks``) with its
+journal line and ``labels/clip.mp4.frames/<frame:06d>.png``; once all are done
+``labels/clip.mp4.mkv`` (lossless palette colours, ``ann_seg.io.read_label_video``) and, with
+``overlay=True``, ``overlays/clip.mp4.mp4`` are assembled from them (``assemble_video``), the
+video gets a journal line and the frame PNGs go (``OutputOptions.keep_frames`` keeps them).
+
 Decoding is ``ann_seg.io.read_image``'s; images it refuses are reported in the summary's
 ``failures`` with the reason and the run goes on.
 
@@ -395,6 +401,10 @@ def segment_inputs(
     returns it, the other ranks return it as they see it then; with ``"rank"``: this rank's
     own counts.
 
+    Videos (``input_path`` one, or among the folder's or list's files) are segmented frame by
+    frame and assembled into label (and overlay) videos (see the module docstring); their
+    frames batch together and resume frame by frame.
+
     Another model's outputs are segmented again or refused (``outputs.on_model_change``);
     SIGTERM is handled as SIGINT while it runs (the previous handler is restored after); see
     the module docstring.
@@ -518,7 +528,8 @@ def _plan_work(
     """``(todo, skipped names)`` of this rank's tasks ``mine``: an image is skipped when the
     journal's model fingerprint, input and outputs all match (``_is_finished``). Outputs of
     another model are segmented again, or refused (``outputs.on_model_change``); decided on
-    all the tasks, so every rank decides alike."""
+    all the tasks, so every rank decides alike. A video whose video entry is done
+    (``_video_finished``) is skipped whole (its name in ``skipped``, none of its frames)."""
     out_dir = journal.out_dir
     names = [t.name for t in tasks] + sorted({t.video for t in tasks if t.video is not None})
     other = {} if outputs.force else journal.made_by_other_models(names)
@@ -535,17 +546,17 @@ def _plan_work(
         if info.rank == 0:
             print(f"note: {what}: segmenting them again", file=sys.stderr)
     todo, skipped = [], []
-    done_videos = set()
+    videos_done: Dict[str, bool] = {}  # a video whose video entry is done: all frames skipped
     for index in mine:
         task = tasks[index]
-        if task.frame is not None and task.video not in done_videos:
-            finished = _video_finished(task, journal, outputs.overlay)
-            if not outputs.force and task.video not in other and finished:
-                done_videos.add(task.video)
+        if task.frame is not None and task.video not in videos_done:
+            done = not outputs.force and task.video not in other
+            videos_done[task.video] = done and _video_finished(task, journal, outputs.overlay)
+            if videos_done[task.video]:
                 skipped.append(task.video)
                 if not outputs.keep_frames:
                     _remove_frames(task, out_dir)  # left by a run killed after the record
-        if task.video in done_videos:
+        if videos_done.get(task.video):
             continue
         if (
             outputs.force
