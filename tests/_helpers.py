@@ -13,6 +13,8 @@ import os.path as osp
 import subprocess
 import sys
 
+import cv2
+import numpy as np
 import torch
 
 from ann_seg.mmseg.config import CONFIG_ROOT
@@ -153,3 +155,46 @@ def randomize_(module, seed: int = 0, std: float = 0.5, mean_std: float = 0.3):
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * mean_std)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
     return module.eval()
+
+
+# Test videos: frame ``i`` is ``pattern_frame(i)``; ``frame_index`` recovers ``i % 256`` from a
+# decoded frame, lossy codecs included.
+BLOCK = 16  # index bits as 16x16 blocks: macroblock-aligned, they survive MPEG-4 compression
+FOURCC = {".mp4": "mp4v", ".avi": "FFV1", ".mkv": "FFV1"}  # mp4v lossy, FFV1 lossless
+
+
+def pattern_frame(index: int, height: int = 96, width: int = 160) -> np.ndarray:
+    """BGR uint8 (height, width, 3): gradients moving with ``index``, and in the top
+    ``BLOCK`` rows the 8 bits of ``index % 256`` as dark/light blocks (width >= 128)."""
+    y, x = np.mgrid[:height, :width]
+    frame = np.stack(
+        [(x * 3 + index * 5) % 256, (y * 2 + index) % 256, (x + y + index * 11) % 256], -1
+    ).astype(np.uint8)
+    for bit in range(8):
+        frame[:BLOCK, bit * BLOCK : (bit + 1) * BLOCK] = 224 if (index >> bit) & 1 else 32
+    return frame
+
+
+def frame_index(frame: np.ndarray) -> int:
+    """``index % 256`` read back from a (possibly lossy) decoded ``pattern_frame``."""
+    blocks = [frame[2 : BLOCK - 2, b * BLOCK + 2 : (b + 1) * BLOCK - 2].mean() for b in range(8)]
+    return sum(1 << bit for bit, mean in enumerate(blocks) if mean > 128)
+
+
+def make_video(path, frames: int, fps: float = 10.0, height: int = 96, width: int = 160):
+    """Write ``pattern_frame(0..frames-1)`` with OpenCV: mp4v for .mp4, FFV1 for .avi/.mkv."""
+    path = str(path)
+    fourcc = cv2.VideoWriter_fourcc(*FOURCC[os.path.splitext(path)[1]])
+    writer = cv2.VideoWriter(path, cv2.CAP_FFMPEG, fourcc, fps, (width, height))
+    assert writer.isOpened(), path
+    for i in range(frames):
+        writer.write(pattern_frame(i, height, width))
+    writer.release()
+    return path
+
+
+def truncate(path, fraction: float) -> int:
+    """Cut ``path`` to ``fraction`` of its size (a corrupt tail); returns the new size."""
+    size = int(os.path.getsize(path) * fraction)
+    os.truncate(path, size)
+    return size

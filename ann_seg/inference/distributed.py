@@ -117,12 +117,14 @@ def rank_info(launcher: str = "none", env: Optional[Dict[str, str]] = None) -> R
 
 
 def shard(tasks: Sequence[ImageTask], rank: int, world_size: int) -> List[int]:
-    """Indices (ascending) of the tasks of ``rank``: every ``world_size``-th of the list sorted
-    by name, from the ``rank``-th; the same for any order of ``tasks``."""
+    """Indices (ascending) of the tasks of ``rank``: of the files (an image, or a video with
+    all its frames) sorted by name, every ``world_size``-th from the ``rank``-th; the same for
+    any order of ``tasks``."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-    order = sorted(range(len(tasks)), key=lambda i: tasks[i].name)
-    return sorted(order[rank::world_size])
+    files = sorted({task.video or task.name for task in tasks})
+    mine = set(files[rank::world_size])
+    return [i for i, task in enumerate(tasks) if (task.video or task.name) in mine]
 
 
 def _init_method(info: RankInfo, env: Dict[str, str]) -> Optional[str]:
@@ -214,15 +216,20 @@ def incomplete_note(summary: dict, problem: Optional[str] = None) -> Optional[st
     for stderr; ``None`` when it is complete."""
     journal = summary["journal"]
     missing = journal.get("missing_ranks") or []
-    pending = summary["counts"]["pending"]
+    counts = summary["counts"]
+    videos = counts.get("videos") or {}
+    pending = counts["pending"] + videos.get("pending", 0)
     if not (problem or missing or pending):
         return None
     parts = [problem] if problem else []
     if missing:
         parts.append(f"no journal entry from rank(s) {missing} for this run")
+    what = f"{counts['pending']} of {counts['images']} images"
+    if videos:
+        what += f" and {videos['pending']} of {videos['videos']} videos"
     parts.append(
-        f"summary.json merges what exists: {pending} of {summary['counts']['images']} images "
-        "pending" + ("; re-run the same command to finish them" if pending else "")
+        f"summary.json merges what exists: {what} pending"
+        + ("; re-run the same command to finish them" if pending else "")
     )
     return "; ".join(parts)
 

@@ -20,6 +20,12 @@ with its extension; see ``inputs`` for the exact rule, e.g. ``a.png`` -> ``label
                           timings; failures with reasons; the model's ``fingerprint``
     infer.lock            while a run works here: its pid, host and start (``outdir``)
 
+Videos (``clip.mp4`` in the input): every frame is a task (``inputs.video_tasks``) with its
+journal line and ``labels/clip.mp4.frames/<frame:06d>.png``; once all are done
+``labels/clip.mp4.mkv`` (lossless palette colours, ``ann_seg.io.read_label_video``) and, with
+``overlay=True``, ``overlays/clip.mp4.mp4`` are assembled from them (``assemble_video``), the
+video gets a journal line and the frame PNGs go (``OutputOptions.keep_frames`` keeps them).
+
 Decoding is ``ann_seg.io.read_image``'s; images it refuses are reported in the summary's
 ``failures`` with the reason and the run goes on.
 
@@ -59,19 +65,23 @@ import numpy as np
 from ann_seg.io import (
     DEFAULT_MAX_PIXELS,
     Progress,
+    VideoError,
     atomic_write_bytes,
     class_pixel_counts,
     encode_jpeg,
     encode_label_png,
     encode_logits,
+    read_label_png,
     render_overlay,
 )
 from ann_seg.io.interrupts import Terminated, termination_as_interrupt
+from ann_seg.io.video import LabelVideoWriter, OverlayVideoWriter, read_frames
 
 from .batches import (
     DEFAULT_WRITERS,
     Decoded,
     Failed,
+    FrameReader,
     decode_task,
     equal_shape_batches,
     inference_failure,
@@ -87,6 +97,7 @@ from .distributed import (
 )
 from .fingerprint import ModelChangedError, describe_change
 from .inputs import (
+    FRAMES_SUFFIX,
     LABEL_DIR,
     LOGITS_DIR,
     OVERLAY_DIR,
@@ -122,7 +133,7 @@ MODEL_CHANGE_ACTIONS = ("redo", "refuse")
 def _plan_outputs(task: ImageTask, out_dir: str, overlay: bool, save_logits: Optional[str]) -> None:
     parts = task.out_stem.split("/")
     task.outputs = {"label": osp.join(out_dir, LABEL_DIR, *parts) + ".png"}
-    if overlay:
+    if overlay and task.frame is None:  # a video's overlay is a video (``_video_outputs``)
         task.outputs["overlay"] = osp.join(out_dir, OVERLAY_DIR, *parts) + ".jpg"
     if save_logits:
         task.outputs["logits"] = osp.join(out_dir, LOGITS_DIR, *parts) + f".{save_logits}"
@@ -184,6 +195,7 @@ class OutputOptions:
     save_logits: Optional[str] = None
     force: bool = False
     on_model_change: str = "redo"
+    keep_frames: bool = False  # videos: keep labels/<video>.frames/<frame>.png
 
     def __post_init__(self):
         if not 0.0 < self.opacity <= 1.0:
@@ -267,6 +279,7 @@ class FolderInference:
         self.num_classes = len(predictor.classes)
         self.records: Dict[int, dict] = {}
         self.failures: Dict[int, dict] = {}
+        self.frames = FrameReader()  # video frames, streamed (the sequential loop)
 
     def fail(self, index: int, reason: str, identity: Optional[dict] = None) -> None:
         task = self.tasks[index]
@@ -276,7 +289,8 @@ class FolderInference:
             self.journal.add(dict(self.failures[index], status="failed"), identity)
 
     def preprocess(self, index: int) -> Optional[Decoded]:
-        item = decode_task(index, self.tasks[index], self.loader.max_pixels, self.loader.max_bytes)
+        task, loader = self.tasks[index], self.loader
+        item = decode_task(index, task, loader.max_pixels, loader.max_bytes, self.frames)
         if isinstance(item, Failed):
             self.fail(index, item.reason, item.identity)
             return None
@@ -284,7 +298,7 @@ class FolderInference:
 
     def pipeline_dataset(self, todo: Sequence[int]):
         """The pipelined loop's reading stage for the tasks ``todo`` (``pipeline``)."""
-        keep_image = "overlay" in (self.tasks[todo[0]].outputs if todo else {})
+        keep_image = any("overlay" in self.tasks[i].outputs for i in todo)  # frames: none
         return self.predictor.pipeline_dataset(self.tasks, todo, self.loader, keep_image)
 
     def _predict(self, batch: List[Decoded]) -> List[Prediction]:
@@ -378,10 +392,13 @@ class FolderInference:
                 progress.update(1)
             return
         items = (self.preprocess(index) for index in todo)
-        for batch in equal_shape_batches(items, self.loader.batch_size, progress.update):
-            for item, prediction, seconds in self.forward(batch):
-                self.write(item, prediction, seconds)
-            progress.update(len(batch))
+        try:
+            for batch in equal_shape_batches(items, self.loader.batch_size, progress.update):
+                for item, prediction, seconds in self.forward(batch):
+                    self.write(item, prediction, seconds)
+                progress.update(len(batch))
+        finally:
+            self.frames.close()
 
 
 def segment_inputs(
@@ -420,6 +437,10 @@ def segment_inputs(
     summary when all ranks are done (waiting at most ``distributed.timeout`` seconds) and
     returns it, the other ranks return it as they see it then; with ``"rank"``: this rank's
     own counts.
+
+    Videos (``input_path`` one, or among the folder's or list's files) are segmented frame by
+    frame and assembled into label (and overlay) videos (see the module docstring); their
+    frames batch together and resume frame by frame.
 
     Another model's outputs are segmented again or refused (``outputs.on_model_change``);
     SIGTERM is handled as SIGINT while it runs (the previous handler is restored after); see
@@ -472,11 +493,14 @@ def segment_inputs(
             fields = {**(model_fields or {}), "input": str(input_path), "out_dir": out_dir}
             fields.update((k, v) for k, v in described.items() if k not in fields)
             run = group.agree(journal.next_run)
-            journal.start(fields, [(t.name, t.path) for t in tasks], skipped, started, load_s, run)
+            fields.update(_video_fields(tasks))
+            units = _journal_tasks(tasks)
+            journal.start(fields, units, skipped, started, load_s, run)
             try:
                 with Progress(len(mine), enabled=progress and info.rank == 0) as bar:
-                    bar.update(len(skipped))
+                    bar.update(len(mine) - len(todo))
                     _loop(runner, todo, loader, bar)
+                assemble_videos(runner, mine, skipped)
             except BaseException as error:
                 journal.close()
                 _stopped(error, out_dir, info)
@@ -548,9 +572,11 @@ def _plan_work(
     """``(todo, skipped names)`` of this rank's tasks ``mine``: an image is skipped when the
     journal's model fingerprint, input and outputs all match (``_is_finished``). Outputs of
     another model are segmented again, or refused (``outputs.on_model_change``); decided on
-    all the tasks, so every rank decides alike."""
+    all the tasks, so every rank decides alike. A video whose video entry is done
+    (``_video_finished``) is skipped whole (its name in ``skipped``, none of its frames)."""
     out_dir = journal.out_dir
-    other = {} if outputs.force else journal.made_by_other_models([t.name for t in tasks])
+    names = [t.name for t in tasks] + sorted({t.video for t in tasks if t.video is not None})
+    other = {} if outputs.force else journal.made_by_other_models(names)
     if other:
         changes = sorted({describe_change(old, fingerprint) for old in other.values()})
         what = (
@@ -564,8 +590,18 @@ def _plan_work(
         if info.rank == 0:
             print(f"note: {what}: segmenting them again", file=sys.stderr)
     todo, skipped = [], []
+    videos_done: Dict[str, bool] = {}  # a video whose video entry is done: all frames skipped
     for index in mine:
         task = tasks[index]
+        if task.frame is not None and task.video not in videos_done:
+            done = not outputs.force and task.video not in other
+            videos_done[task.video] = done and _video_finished(task, journal, outputs.overlay)
+            if videos_done[task.video]:
+                skipped.append(task.video)
+                if not outputs.keep_frames:
+                    _remove_frames(task, out_dir)  # left by a run killed after the record
+        if videos_done.get(task.video):
+            continue
         if (
             outputs.force
             or task.error is not None
@@ -595,3 +631,181 @@ def _stopped(error: BaseException, out_dir: str, info: RankInfo) -> None:
         if info.rank == 0 and summary is None:
             note += f", summary.json is stale (ann-seg infer --merge-only --out-dir {out_dir})"
         error.note = f"{note}; free some space and re-run the same command to finish the others"
+
+
+# Videos: every frame is a task (``inputs.video_tasks``) whose label PNG and journal entry
+# are the state a re-run resumes from; once a video's frames are done, its label video (and
+# overlay video) are assembled from those PNGs in frame order, deterministically, so a
+# resumed run writes the bytes an uninterrupted one writes.
+
+LABEL_VIDEO_EXT, OVERLAY_VIDEO_EXT = ".mkv", ".mp4"
+DEFAULT_VIDEO_FPS = 25.0  # for a container that states no frame rate
+
+
+def _video_fields(tasks: Sequence[ImageTask]) -> dict:
+    """The run entry's ``video_frames``: video name -> frame count (0: unreadable)."""
+    frames: Dict[str, int] = {}
+    for task in tasks:
+        if task.video is not None:
+            frames[task.video] = frames.get(task.video, 0) + (task.frame is not None)
+    return {"video_frames": frames} if frames else {}
+
+
+def _journal_tasks(tasks: Sequence[ImageTask]) -> List[Tuple[str, str]]:
+    """``(name, input)`` of the run's files: each image, each video once."""
+    units, seen = [], set()
+    for task in tasks:
+        name = task.name if task.video is None else task.video
+        if name not in seen:
+            seen.add(name)
+            units.append((name, task.path))
+    return units
+
+
+def _video_stem(task: ImageTask) -> str:
+    """The output stem of the video ``task`` (a frame) is of: ``clip.mp4`` -> ``clip.mp4``."""
+    return task.out_stem.rsplit("/", 1)[0][: -len(FRAMES_SUFFIX)]
+
+
+def _video_outputs(task: ImageTask, out_dir: str, overlay: bool) -> Dict[str, str]:
+    """The video outputs of the video whose frame ``task`` is: ``label_video``
+    (``labels/<stem>.mkv``) and, with ``overlay``, ``overlay_video`` (``overlays/<stem>.mp4``)."""
+    parts = _video_stem(task).split("/")
+    outputs = {"label_video": osp.join(out_dir, LABEL_DIR, *parts) + LABEL_VIDEO_EXT}
+    if overlay:
+        outputs["overlay_video"] = osp.join(out_dir, OVERLAY_DIR, *parts) + OVERLAY_VIDEO_EXT
+    return outputs
+
+
+def _video_finished(task: ImageTask, journal: Journal, overlay: bool) -> bool:
+    """The latest entry of ``task``'s video is a ``done`` video entry from an input of the same
+    size and mtime, with the video outputs planned now, all of which exist."""
+    entry = journal.state.latest(task.video)
+    if entry is None or entry["type"] != "video" or entry["status"] != "done":
+        return False
+    identity = input_identity(task.path)
+    if None in identity.values() or entry.get("file") != identity:
+        return False
+    written = entry.get("outputs") or {}
+    return all(
+        written.get(kind) == osp.relpath(path, journal.out_dir) and osp.isfile(path)
+        for kind, path in _video_outputs(task, journal.out_dir, overlay).items()
+    )
+
+
+def _remove_frames(task: ImageTask, out_dir: str) -> None:
+    """Delete the frame label PNGs of ``task``'s video (and stale temporary files among them),
+    then their folder if it is empty (logits stay)."""
+    folder = osp.dirname(task.outputs.get("label") or "")
+    if not osp.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        stem, ext = osp.splitext(name)
+        if (ext == ".png" and stem.isdigit()) or (name.startswith(".") and name.endswith(".tmp")):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(osp.join(folder, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)
+
+
+def _sweep_temporaries(path: str) -> None:
+    """Delete the hidden temporary files a killed video writer left beside ``path``."""
+    folder, name = osp.split(path)
+    with contextlib.suppress(OSError):
+        for other in os.listdir(folder):
+            if other.startswith(f".{name}.") and ".tmp" in other:
+                with contextlib.suppress(OSError):
+                    os.unlink(osp.join(folder, other))
+
+
+def assemble_videos(runner: FolderInference, mine: Sequence[int], skipped: Sequence[str]) -> None:
+    """After the loop: assemble each video of the tasks ``mine`` (ascending) not in
+    ``skipped`` (done by an earlier run) from its frames (``assemble_video``)."""
+    groups: Dict[str, List[int]] = {}
+    for index in mine:
+        task = runner.tasks[index]
+        if task.frame is not None and task.video not in skipped:
+            groups.setdefault(task.video, []).append(index)
+    for indices in groups.values():
+        assemble_video(runner, indices)
+
+
+def assemble_video(runner: FolderInference, indices: Sequence[int]) -> None:
+    """Write the label video (and, with ``overlay``, the overlay video: the source frames
+    decoded again) of the frames ``runner.tasks[i]`` for ``i`` in ``indices`` (all of one video,
+    in frame order) from the longest run of frames from the first whose journal entry is
+    ``done`` by this model, then journal the video: ``done`` when that is every frame, else
+    ``failed`` naming the first frame missing. A done video's frame PNGs are deleted unless
+    ``outputs.keep_frames`` (a failed one keeps them: a re-run redoes only the missing)."""
+    journal, out_dir, opts = runner.journal, runner.out_dir, runner.outputs
+    tasks = [runner.tasks[i] for i in indices]
+    first = tasks[0]
+    identity = input_identity(first.path)
+    good, reason = 0, None
+    for task in tasks:
+        entry = journal.state.latest(task.name)
+        if (
+            entry is None
+            or entry["status"] != "done"
+            or entry.get("fingerprint") != journal.fingerprint
+            or not osp.isfile(task.outputs["label"])
+        ):
+            why = entry.get("reason") if entry is not None else None
+            reason = f"{good} of {len(tasks)} frames segmented; frame {task.frame}: " + (
+                why or "not segmented"
+            )
+            break
+        good += 1
+    fps = first.source.fps if first.source.fps > 0 else DEFAULT_VIDEO_FPS
+    outputs = _video_outputs(first, out_dir, opts.overlay) if good else {}
+    try:
+        _write_videos(runner, tasks[:good], outputs, fps)
+    except OutputStorageError:
+        raise
+    except (VideoError, OSError, ValueError) as error:  # a permission, a codec missing...
+        reason = f"cannot write the videos: {type(error).__name__}: {error}"
+        good, outputs = 0, {}
+    class_pixels: Dict[str, int] = {}  # of the frames in the video, as an image's
+    for task in tasks[:good]:
+        for key, count in (journal.state.latest(task.name).get("class_pixels") or {}).items():
+            class_pixels[key] = class_pixels.get(key, 0) + count
+    class_pixels = dict(sorted(class_pixels.items(), key=lambda kv: int(kv[0])))
+    record = {
+        "name": first.video,
+        "input": first.path,
+        "status": "done" if reason is None else "failed",
+        "frames": len(tasks),
+        "frames_written": good,
+        "fps": fps,
+        "height": first.source.height,
+        "width": first.source.width,
+        "class_pixels": class_pixels,
+        "outputs": {k: osp.relpath(v, out_dir) for k, v in outputs.items()},
+    }
+    if reason is not None:
+        record["reason"] = reason
+    journal.add(record, identity, kind="video")
+    if reason is None and not opts.keep_frames:
+        _remove_frames(first, out_dir)
+
+
+def _write_videos(
+    runner: FolderInference, tasks: Sequence[ImageTask], outputs: Dict[str, str], fps: float
+) -> None:
+    if not tasks:
+        return
+    labels = lambda: (read_label_png(t.outputs["label"]) for t in tasks)  # noqa: E731
+    path = outputs["label_video"]
+    with storage_errors(path):
+        _sweep_temporaries(path)
+        with LabelVideoWriter(path, runner.palette, fps) as writer:
+            for label in labels():
+                writer.write(label)
+    if "overlay_video" in outputs:
+        path, source = outputs["overlay_video"], tasks[0].source
+        frames = read_frames(tasks[0].path, 0, len(tasks), info=source)
+        with storage_errors(path):
+            _sweep_temporaries(path)
+            with OverlayVideoWriter(path, runner.palette, fps, runner.outputs.opacity) as writer:
+                for (_, frame), label in zip(frames, labels()):
+                    writer.write(frame, label)

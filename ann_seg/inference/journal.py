@@ -13,7 +13,13 @@ One JSON object per line, appended, flushed and fsynced:
   "mtime_ns": M}, "name": ..., "input": ..., "status": "done" | "failed", ...}``: an image is
   finished, written after its outputs are in place; the other keys are its summary record
   (``done``) or ``reason`` (``failed``). ``file`` is the input's size and modification time
-  when it was read, ``fingerprint`` the digest of the model that made it.
+  when it was read, ``fingerprint`` the digest of the model that made it. A video's frames
+  are images named ``<video>#<frame:06d>`` (``input``: the video);
+* ``{"type": "video", ..., "name": ..., "status": "done" | "failed", "frames": N,
+  "frames_written": K, "fps": F, "outputs": {...}}``: a video's outputs are assembled from its
+  first ``K`` frames (all ``N`` when ``done``; ``failed`` adds the ``reason``: the first frame
+  missing). The run entry's ``video_frames`` maps each video's name to its frame count (0: it
+  could not be read), its ``tasks`` list the video once.
 
 An append is whole or undone (cut back on an error: no space left, an interrupt), so only a
 killed process leaves a torn line.
@@ -52,7 +58,8 @@ SUMMARY_EVERY_IMAGES = 100
 SUMMARY_EVERY_S = 30.0
 _FINGERPRINT = "fingerprint"  # run entry: the model's (``fingerprint``); image entry: its digest
 _ENTRY_ONLY = ("type", "run", "time", "file", _FINGERPRINT)  # not summary keys
-_RUN_ONLY = ("type", "run", "started", "load_model_s", "tasks", "skipped")
+_VIDEO_FRAMES = "video_frames"  # run key: video name -> frame count
+_RUN_ONLY = ("type", "run", "started", "load_model_s", "tasks", "skipped", _VIDEO_FRAMES)
 _SHARD = "shard"  # run key of a distributed run's rank
 _STATUSES = ("done", "failed")
 
@@ -124,6 +131,12 @@ def _is_image(entry: dict) -> bool:
     return isinstance(timings, dict) and _is_number(timings.get("infer_s"))
 
 
+def _is_video(entry: dict) -> bool:
+    """Keys read: those of ``_is_image`` but ``timings``, and ``frames``, ``frames_written``."""
+    entry = dict(entry, timings={"infer_s": 0.0})
+    return _is_image(entry) and all(_is_int(entry.get(k)) for k in ("frames", "frames_written"))
+
+
 def _is_run(entry: dict) -> bool:
     tasks, shard = entry.get("tasks"), entry.get(_SHARD, {})
     return (
@@ -135,6 +148,8 @@ def _is_run(entry: dict) -> bool:
         and isinstance(shard, dict)
         and all(_is_int(shard.get(k, 0)) for k in ("rank", "world_size"))
         and isinstance(entry.get(_FINGERPRINT, {}), dict)
+        and isinstance(entry.get(_VIDEO_FRAMES, {}), dict)
+        and all(_is_int(n) for n in entry.get(_VIDEO_FRAMES, {}).values())
     )
 
 
@@ -145,6 +160,8 @@ def is_entry(entry: Any) -> bool:
         return False
     if entry.get("type") == "image":
         return _is_image(entry)
+    if entry.get("type") == "video":
+        return _is_video(entry)
     return entry.get("type") == "run" and _is_run(entry)
 
 
@@ -250,13 +267,25 @@ def _summary_record(entry: dict, status: Optional[str] = None) -> dict:
 
 def summarize(state: JournalState, out_dir: str, now: Optional[float] = None) -> dict:
     """The summary of ``state``'s last run: its images in order, done and failed ones from its
-    own entries, skipped ones from the entry they were skipped for, the others ``pending``."""
+    own entries, skipped ones from the entry they were skipped for, the others ``pending``.
+    Videos (the run's ``video_frames``) are listed in ``videos`` (``video_record``), counted in
+    ``counts["videos"]``; a failed or pending one is also in ``failures`` (once, naming the
+    first frame missing) or ``pending``."""
     run = state.run
     if run is None:
         raise ValueError(f"no run recorded in {osp.join(out_dir, JOURNAL_NAME)}")
     skipped = set(run["skipped"])
-    images, failures, pending = [], [], []
+    video_frames = run.get(_VIDEO_FRAMES) or {}
+    images, failures, pending, videos = [], [], [], []
     for name, path in run["tasks"]:
+        if name in video_frames:
+            video = video_record(state, name, path, video_frames[name], skipped)
+            videos.append(video)
+            if video["status"] == "failed":
+                failures.append({"name": name, "input": path, "reason": video["reason"]})
+            elif video["status"] == "pending":
+                pending.append({"name": name, "input": path})
+            continue
         entry = state.current.get(name)
         if entry is not None and entry["status"] == "done":
             images.append(_summary_record(entry))
@@ -269,15 +298,17 @@ def summarize(state: JournalState, out_dir: str, now: Optional[float] = None) ->
         else:
             pending.append({"name": name, "input": path})
     done = [r for r in images if r["status"] == "done"]
+    image_failures = len(failures) - sum(v["status"] == "failed" for v in videos)
+    image_pending = len(pending) - sum(v["status"] == "pending" for v in videos)
     last = max((e["time"] for e in state.current.values()), default=run["started"])
     summary = {k: v for k, v in run.items() if k not in _RUN_ONLY and k != _SHARD}
     summary.update(
         counts={
-            "images": len(run["tasks"]),
+            "images": len(run["tasks"]) - len(videos),
             "processed": len(done),
             "skipped": len(images) - len(done),
-            "failed": len(failures),
-            "pending": len(pending),
+            "failed": image_failures,
+            "pending": image_pending,
         },
         images=images,
         failures=failures,
@@ -294,6 +325,21 @@ def summarize(state: JournalState, out_dir: str, now: Optional[float] = None) ->
             "ignored_lines": state.ignored_lines,
         },
     )
+    if videos:
+        statuses = [v["status"] for v in videos]
+        summary["counts"]["videos"] = {
+            "videos": len(videos),
+            "processed": statuses.count("done"),
+            "skipped": statuses.count("skipped"),
+            "failed": statuses.count("failed"),
+            "pending": statuses.count("pending"),
+            "frames": sum(v["frames"] for v in videos),
+            "frames_segmented": sum(v["frames_segmented"] for v in videos),
+        }
+        summary["videos"] = videos
+        summary["timings"]["infer_s"] = round(
+            summary["timings"]["infer_s"] + sum(v.pop("_infer_s") for v in videos), 3
+        )
     world_size = (run.get(_SHARD) or {}).get("world_size", 1)
     if world_size > 1:
         summary["journal"].update(
@@ -304,6 +350,43 @@ def summarize(state: JournalState, out_dir: str, now: Optional[float] = None) ->
             devices={str(r): e.get("device") for r, e in sorted(state.ranks.items())},
         )
     return summary
+
+
+def video_record(state: JournalState, name: str, path: str, frames: int, skipped: set) -> dict:
+    """A video's summary record: ``status`` ``done`` or ``failed`` (its ``video`` entry of
+    this run: outputs, ``frames_written``, the ``reason``), ``skipped`` (done by an earlier
+    run), ``failed`` (unreadable: ``frames`` 0) or ``pending`` (frames or the assembly to do);
+    ``frames_segmented``, ``frames_skipped`` (done earlier), ``frames_failed`` this run."""
+    entry = state.current.get(name)
+    earlier = state.previous.get(name)
+    if entry is not None and entry["type"] == "video":
+        record = _summary_record(entry)
+    elif entry is not None:  # the image entry of a video that could not be read
+        record = {"name": name, "input": path, "status": "failed", "reason": entry["reason"]}
+    elif name in skipped and earlier is not None and earlier["type"] == "video":
+        record = _summary_record(earlier, "skipped")
+    else:
+        record = {"name": name, "input": path, "status": "pending"}
+    record["frames"] = frames
+    segmented = failed = frames_skipped = 0
+    infer_s = 0.0
+    for index in range(frames):
+        frame = f"{name}#{index:06d}"
+        entry = state.current.get(frame)
+        if entry is not None and entry["status"] == "done":
+            segmented += 1
+            infer_s += entry["timings"]["infer_s"]
+        elif entry is not None:
+            failed += 1
+        elif frame in skipped or record["status"] == "skipped":
+            frames_skipped += 1
+    record.update(
+        frames_segmented=segmented,
+        frames_skipped=frames_skipped,
+        frames_failed=failed,
+        _infer_s=infer_s,
+    )
+    return record
 
 
 def rebuild_summary(out_dir: str, now: Optional[float] = None) -> dict:
@@ -394,10 +477,11 @@ class Journal:
         self._append(entry)
         self.write_summary()
 
-    def add(self, entry: dict, identity: dict) -> None:
-        """Append the record of a finished image (its outputs are in place)."""
+    def add(self, entry: dict, identity: dict, kind: str = "image") -> None:
+        """Append the record of a finished image (its outputs are in place), or of a video
+        (``kind='video'``)."""
         with self._lock:
-            head = {"type": "image", "run": self.state.run["run"], "time": time.time()}
+            head = {"type": kind, "run": self.state.run["run"], "time": time.time()}
             if self.fingerprint is not None:
                 head[_FINGERPRINT] = self.fingerprint
             self._append({**head, "file": identity, **entry})

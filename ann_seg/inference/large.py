@@ -34,7 +34,7 @@ from ann_seg.io import (
 )
 from ann_seg.io.large_images import DecodedRows, PngLabelWriter, TiffLabelWriter, open_rows
 
-from .batches import inference_failure
+from .batches import Failed, decode_task, inference_failure
 from .journal import input_identity
 from .outdir import OutputStorageError, storage_errors
 from .predictor import nonfinite_problem
@@ -109,11 +109,18 @@ def segment_large(runner, index: int, progress: Progress) -> None:
         runner.fail(index, task.error, identity)
         return
     start = time.perf_counter()
-    try:
-        rows = open_rows(task.path, runner.loader.max_pixels)
-    except ImageError as error:
-        runner.fail(index, str(error), identity)
-        return
+    if task.frame is not None:  # a video frame: decoded by the runner's streamed reader
+        item = decode_task(index, task, runner.loader.max_pixels, None, runner.frames)
+        if isinstance(item, Failed):
+            runner.fail(index, item.reason, item.identity)
+            return
+        rows = DecodedRows(item.image, item.info)
+    else:
+        try:
+            rows = open_rows(task.path, runner.loader.max_pixels)
+        except ImageError as error:
+            runner.fail(index, str(error), identity)
+            return
     with rows:
         read_s = time.perf_counter() - start
         try:

@@ -43,6 +43,7 @@ from .batches import (
     DEFAULT_WRITERS,
     Decoded,
     Failed,
+    FrameReader,
     decode_task,
     equal_shape_batches,
     inference_failure,
@@ -78,6 +79,8 @@ class PreprocessDataset(Dataset):
         self.tasks, self.todo = tasks, list(todo)
         self.max_pixels, self.max_bytes, self.keep_image = max_pixels, max_bytes, keep_image
         self.pipeline = Compose(pipeline_cfg)  # built here: forked workers inherit it
+        # video frames: each worker streams the video, keeping the frames it is given
+        self.frames = FrameReader()
 
     def __len__(self) -> int:
         return len(self.todo)
@@ -85,7 +88,8 @@ class PreprocessDataset(Dataset):
     def __getitem__(self, i: int) -> Union[Decoded, Failed]:
         index = self.todo[i]
         start = time.perf_counter()
-        item = decode_task(index, self.tasks[index], self.max_pixels, self.max_bytes)
+        task = self.tasks[index]
+        item = decode_task(index, task, self.max_pixels, self.max_bytes, self.frames)
         if isinstance(item, Failed):
             return item
         try:

@@ -1,4 +1,5 @@
-"""Segment an image, a folder (optionally recursive) or a list of paths with a checkpoint.
+"""Segment an image, a video, a folder (optionally recursive) or a list of paths with a
+checkpoint.
 
 Writes label maps (palette PNG, exact class ids), optional overlays and logits mirroring the input
 tree under --out-dir, and summary.json. A re-run skips the images the same model (config,
@@ -15,8 +16,14 @@ Examples:
   ann-seg infer ann_seg::demo/ann_r18-d8_1xb8-600it_synthetic-128x256.py \\
       work_dirs/demo/iter_600.pth data/synthetic_long_range/leftImg8bit/val --recursive --fuse
   ann-seg infer CONFIG CHECKPOINT photos/ --recursive --overlay --out-dir outputs/photos
+  ann-seg infer CONFIG CHECKPOINT "photos/**/*.jpg"   # a glob (quoted): names relative to photos/
   ann-seg infer CONFIG CHECKPOINT big.png --slide --threads 1   # sliding window
   ann-seg infer CONFIG CHECKPOINT photos/ --workers 2 --batch-size 4   # pipelined loop
+
+Videos (alone, in folders with images, in list files; frame by frame, resumable per frame):
+  ann-seg infer CONFIG CHECKPOINT clip.mp4 --overlay --batch-size 4
+      # labels/clip.mp4.mkv (lossless class-id colours), overlays/clip.mp4.mp4 (H.264)
+  ann-seg infer CONFIG CHECKPOINT footage/ --recursive --frames   # also keep per-frame PNGs
 
 Distributed (every rank segments a shard of the sorted input list with its own GPU, or
 cores // ranks-per-node CPU threads, and journal; rank 0 merges summary.json at the end;
@@ -44,8 +51,9 @@ from ann_seg.inference.distributed import (
     rank_info,
 )
 from ann_seg.inference.folder import MODEL_CHANGE_ACTIONS
+from ann_seg.inference.inputs import DEFAULT_EXTENSIONS
 from ann_seg.inference.threads import add_threads_argument, choose_rank_threads
-from ann_seg.io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+from ann_seg.io import DEFAULT_MAX_PIXELS
 from ann_seg.mmseg.config import UserOptions, slide_options
 from ann_seg.mmseg.speed import add_speed_arguments, default_device, speed_policy
 from ann_seg.tools import cli
@@ -66,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "input",
         nargs="?",
-        help="image, folder, or list file (.txt/.lst/.list, one path "
-        "per line, relative to the list file)",
+        help="image, video (.mp4, .mkv, .avi, .mov...: segmented frame by frame), folder "
+        "(images and videos), list file (.txt/.lst/.list, one path per line, relative to "
+        'the list file), or quoted glob pattern ("photos/*.jpg", "data/**/*.png")',
     )
     parser.add_argument(
         "--out-dir", default=DEFAULT_OUT_DIR, help=f"output folder (default {DEFAULT_OUT_DIR})"
@@ -105,8 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--ext",
         nargs="+",
         metavar="EXT",
-        help="image extensions to take from folders (default "
-        f"{' '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)})",
+        help="image and video extensions to take from folders (default "
+        f"{' '.join(e.lstrip('.') for e in DEFAULT_EXTENSIONS)})",
+    )
+    parser.add_argument(
+        "--frames",
+        action="store_true",
+        help="videos: keep the per-frame label PNGs (labels/<video>.frames/<frame>.png) beside "
+        "the label video; by default they are deleted once the video is assembled",
     )
     parser.add_argument(
         "--save-logits",
@@ -177,15 +192,26 @@ def build_parser() -> argparse.ArgumentParser:
 def report(summary: dict, out_dir: str, threads: str) -> int:
     """Print the counts, the failures and what is missing; the exit status."""
     counts = summary["counts"]
-    print(
+    videos = counts.get("videos")
+    what = (
         f"{counts['processed']} segmented, {counts['skipped']} already done, "
-        f"{counts['failed']} failed ({threads}); outputs and summary.json in {out_dir}"
+        f"{counts['failed']} failed"
     )
+    if videos:
+        what = (
+            f"images: {what}; videos: {videos['processed']} segmented "
+            f"({videos['frames_segmented']} frames), {videos['skipped']} already done, "
+            f"{videos['failed']} failed"
+        )
+    print(f"{what} ({threads}); outputs and summary.json in {out_dir}")
     note = incomplete_note(summary)
     if note:
         print(f"incomplete: {note}", file=sys.stderr)
     if summary["failures"]:
-        print(f"{counts['failed']} of {counts['images']} images failed:", file=sys.stderr)
+        total = f"{counts['images']} images"
+        if videos:
+            total = f"{counts['images']} images and {videos['videos']} videos"
+        print(f"{len(summary['failures'])} of {total} failed:", file=sys.stderr)
         for failure in summary["failures"]:
             print(f"  {failure['name']}: {failure['reason']}", file=sys.stderr)
     return 1 if summary["failures"] or note else 0
@@ -214,6 +240,7 @@ def main(argv=None) -> int:
             save_logits=args.save_logits,
             force=args.force,
             on_model_change=args.on_model_change,
+            keep_frames=args.frames,
         ),
         loader=LoaderOptions(
             batch_size=args.batch_size,

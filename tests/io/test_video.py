@@ -2,10 +2,10 @@
 frame, exact label-video round trips, byte-reproducible writers that leave nothing behind on
 error, and memory that stays flat in the video's length.
 
-Test videos (helpers here, not in a tests/io/conftest.py: without __init__.py files that
-module would shadow tests/conftest.py for the ``from conftest import`` of other test files):
-frame ``i`` is ``pattern_frame(i)``, and ``frame_index`` recovers ``i % 256`` from a decoded
-frame, lossy codecs included."""
+Test videos (``make_video`` etc. in tests/conftest.py, not in a tests/io/conftest.py: without
+__init__.py files that module would shadow tests/conftest.py for the ``from conftest import`` of
+other test files): frame ``i`` is ``pattern_frame(i)``, and ``frame_index`` recovers
+``i % 256`` from a decoded frame, lossy codecs included."""
 
 import os
 import subprocess
@@ -14,9 +14,9 @@ import textwrap
 import types
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
+from _helpers import frame_index, make_video, pattern_frame, truncate
 
 from ann_seg.io import render_overlay, video
 from ann_seg.io.video import (
@@ -40,47 +40,6 @@ CITYSCAPES = [
     (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
     (0, 80, 100), (0, 0, 230), (119, 11, 32),
 ]  # fmt: skip
-
-
-BLOCK = 16  # index bits as 16x16 blocks: macroblock-aligned, they survive MPEG-4 compression
-FOURCC = {".mp4": "mp4v", ".avi": "FFV1", ".mkv": "FFV1"}  # mp4v lossy, FFV1 lossless
-
-
-def pattern_frame(index: int, height: int = 96, width: int = 160) -> np.ndarray:
-    """BGR uint8 (height, width, 3): gradients moving with ``index``, and in the top
-    ``BLOCK`` rows the 8 bits of ``index % 256`` as dark/light blocks (width >= 128)."""
-    y, x = np.mgrid[:height, :width]
-    frame = np.stack(
-        [(x * 3 + index * 5) % 256, (y * 2 + index) % 256, (x + y + index * 11) % 256], -1
-    ).astype(np.uint8)
-    for bit in range(8):
-        frame[:BLOCK, bit * BLOCK : (bit + 1) * BLOCK] = 224 if (index >> bit) & 1 else 32
-    return frame
-
-
-def frame_index(frame: np.ndarray) -> int:
-    """``index % 256`` read back from a (possibly lossy) decoded ``pattern_frame``."""
-    blocks = [frame[2 : BLOCK - 2, b * BLOCK + 2 : (b + 1) * BLOCK - 2].mean() for b in range(8)]
-    return sum(1 << bit for bit, mean in enumerate(blocks) if mean > 128)
-
-
-def make_video(path, frames: int, fps: float = 10.0, height: int = 96, width: int = 160):
-    """Write ``pattern_frame(0..frames-1)`` with OpenCV: mp4v for .mp4, FFV1 for .avi/.mkv."""
-    path = str(path)
-    fourcc = cv2.VideoWriter_fourcc(*FOURCC[os.path.splitext(path)[1]])
-    writer = cv2.VideoWriter(path, cv2.CAP_FFMPEG, fourcc, fps, (width, height))
-    assert writer.isOpened(), path
-    for i in range(frames):
-        writer.write(pattern_frame(i, height, width))
-    writer.release()
-    return path
-
-
-def truncate(path, fraction: float) -> int:
-    """Cut ``path`` to ``fraction`` of its size (a corrupt tail); returns the new size."""
-    size = int(os.path.getsize(path) * fraction)
-    os.truncate(path, size)
-    return size
 
 
 @pytest.fixture
