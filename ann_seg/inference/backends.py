@@ -24,13 +24,20 @@ onnxruntime and OpenVINO are optional extras, imported where used.
 import json
 import os
 import os.path as osp
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 
 from .fingerprint import digest_of, file_digest
-from .predictor import Prediction, nonfinite_problem
+from .folder import (
+    DEFAULT_OUT_DIR,
+    DistributedOptions,
+    LoaderOptions,
+    OutputOptions,
+    segment_inputs,
+)
+from .predictor import Prediction, SlideWindow, nonfinite_problem
 
 METADATA_KEY = "ann_seg"
 FORMAT_VERSION = 1
@@ -460,3 +467,46 @@ def load_backend(
     _check_onnx_file(model_path)
     runner = RUNNERS[kind](os.fspath(model_path), threads, precision)
     return ExportedPredictor(kind, model_path, runner, parse_metadata(runner.metadata, model_path))
+
+
+def run_exported(
+    kind: str,
+    model_path: str,
+    input_path: str,
+    out_dir: str = DEFAULT_OUT_DIR,
+    *,
+    outputs: Optional[OutputOptions] = None,
+    loader: Optional[LoaderOptions] = None,
+    distributed: Optional[DistributedOptions] = None,
+    threads: Optional[int] = None,
+    precision: str = "fp32",
+    slide: Union[None, bool, SlideWindow] = None,
+    progress: bool = True,
+) -> dict:
+    """``pytorch.run_inference`` for an exported model: the same folder machinery
+    (``folder.segment_inputs``: journal, resume, failures, videos, sharding, slide mode) with
+    ``load_backend(kind, model_path, threads, precision)``. ``slide``: ``True`` for the
+    exported test_cfg's window (or, in whole mode, its crop with stride 2/3), a window
+    ``((crop_h, crop_w), (stride_h, stride_w))``, or ``None``: as exported. Raises
+    ``BackendError`` for the model, else as ``segment_inputs``."""
+
+    def load(info) -> ExportedPredictor:
+        predictor = load_backend(kind, model_path, threads, precision)
+        if slide is True and predictor.slide is None:
+            crop = (predictor.metadata.get("test_cfg") or {}).get("crop_size")
+            if not crop:
+                raise BackendError(f"{model_path}: no crop size exported; give one: --slide HxW")
+            predictor.slide = (tuple(crop), tuple(max(1, c * 2 // 3) for c in crop))
+        elif slide not in (None, True):
+            predictor.slide = slide
+        return predictor
+
+    return segment_inputs(
+        load,
+        input_path,
+        out_dir,
+        outputs=outputs,
+        loader=loader,
+        distributed=distributed,
+        progress=progress,
+    )

@@ -479,11 +479,12 @@ def segment_inputs(
             predictor = load(info)
             if predictor.slide is not None:
                 _plan_slide_outputs(tasks)
-                if loader.pipelined and info.rank == 0:
-                    print(
-                        "note: slide mode reads one image at a time (--workers unused)",
-                        file=sys.stderr,
-                    )
+            if loader.pipelined and not _pipelines(predictor) and info.rank == 0:
+                print(
+                    "note: --workers needs the PyTorch model in whole mode: the sequential "
+                    "loop runs",
+                    file=sys.stderr,
+                )
             fingerprint = predictor.fingerprint()
             load_s = time.perf_counter() - start
             journal = Journal(out_dir, info.rank, info.world_size, fingerprint["digest"])
@@ -534,7 +535,7 @@ def segment_inputs(
 
 
 def _loop(runner: FolderInference, todo: Sequence[int], loader: LoaderOptions, bar) -> None:
-    if loader.pipelined and runner.predictor.slide is None:
+    if loader.pipelined and _pipelines(runner.predictor):
         # torch's DataLoader: only the PyTorch predictor has this loop
         from .pipeline import run_pipelined  # noqa: PLC0415
 
@@ -543,6 +544,11 @@ def _loop(runner: FolderInference, todo: Sequence[int], loader: LoaderOptions, b
         run_pipelined(runner, todo, batch, bar, workers, writers, pin)
     else:
         runner.run(todo, bar)
+
+
+def _pipelines(predictor: Predictor) -> bool:
+    """Whether the pipelined loop can run ``predictor``: the PyTorch model in whole mode."""
+    return predictor.slide is None and hasattr(predictor, "pipeline_dataset")
 
 
 def _output_folders(outputs: OutputOptions) -> List[str]:

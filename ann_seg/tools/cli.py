@@ -27,12 +27,14 @@ from mmengine.config.utils import ConfigParsingError
 from mmengine.logging import MMLogger
 
 from ann_seg.inference import InferenceInputError, OutputStorageError
+from ann_seg.inference.backends import BackendError
 from ann_seg.io import ImageError
 from ann_seg.mmseg import CorruptCheckpointError, ModelLoadError, UnsafeCheckpointError
 from ann_seg.mmseg.config import ConfigError, UserOptions
 
 # errors whose message says all a user needs: no traceback
 KNOWN_ERRORS = (
+    BackendError,
     ConfigError,
     ConfigParsingError,
     CorruptCheckpointError,

@@ -25,6 +25,11 @@ Videos (alone, in folders with images, in list files; frame by frame, resumable 
       # labels/clip.mp4.mkv (lossless class-id colours), overlays/clip.mp4.mp4 (H.264)
   ann-seg infer CONFIG CHECKPOINT footage/ --recursive --frames   # also keep per-frame PNGs
 
+Exported models (ann-seg export-onnx; no config, mmcv or torch needed by the model: its
+metadata holds classes, palette, test resize and window):
+  ann-seg infer --backend onnxruntime model.onnx photos/ --recursive --out-dir outputs/onnx
+  ann-seg infer --backend openvino model.onnx big.tif --slide 512x1024 --fast   # bf16
+
 Distributed (every rank segments a shard of the sorted input list with its own GPU, or
 cores // ranks-per-node CPU threads, and journal; rank 0 merges summary.json at the end;
 a re-run with any number of ranks skips what is done):
@@ -43,6 +48,7 @@ from ann_seg.inference import (
     OutputOptions,
     run_inference,
 )
+from ann_seg.inference.backends import BACKENDS, run_exported
 from ann_seg.inference.distributed import (
     DEFAULT_TIMEOUT_S,
     LAUNCHERS,
@@ -77,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="image, video (.mp4, .mkv, .avi, .mov...: segmented frame by frame), folder "
         "(images and videos), list file (.txt/.lst/.list, one path per line, relative to "
         'the list file), or quoted glob pattern ("photos/*.jpg", "data/**/*.png")',
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("pytorch", *BACKENDS),
+        default="pytorch",
+        help="pytorch (default: CONFIG CHECKPOINT INPUT) or an exported model on the CPU: "
+        "--backend onnxruntime|openvino MODEL.onnx INPUT (ann-seg export-onnx writes it)",
     )
     parser.add_argument(
         "--out-dir", default=DEFAULT_OUT_DIR, help=f"output folder (default {DEFAULT_OUT_DIR})"
@@ -222,40 +235,92 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.merge_only:
         return report(merge_journals(args.out_dir), args.out_dir, "merged")
-    if args.input is None:
+    if args.backend != "pytorch" and args.checkpoint is None:
+        parser.error(f"--backend {args.backend} needs MODEL.onnx and INPUT")
+    if args.backend == "pytorch" and args.input is None:
         parser.error("CONFIG, CHECKPOINT and INPUT are required (unless --merge-only)")
     info = rank_info(args.launcher)
     threads = choose_rank_threads(args.threads, info)
     cfg_options = args.cfg_options
     if args.slide is not None:
         cfg_options = UserOptions({**(cfg_options or {}), **slide_options(args.config, args.slide)})
+    outputs = OutputOptions(
+        overlay=args.overlay,
+        opacity=args.opacity,
+        save_logits=args.save_logits,
+        force=args.force,
+        on_model_change=args.on_model_change,
+        keep_frames=args.frames,
+    )
+    loader = LoaderOptions(
+        batch_size=args.batch_size,
+        workers=args.workers,
+        recursive=args.recursive,
+        extensions=args.ext,
+        max_pixels=int(args.max_pixels),
+        scale=args.scale,
+    )
+    distributed = DistributedOptions(launcher=args.launcher, timeout=args.dist_timeout)
+    if args.backend != "pytorch":
+        summary = _run_exported(parser, args, outputs, loader, distributed, threads)
+        return _report_rank(summary, info, args.out_dir, threads)
     summary = run_inference(
         args.config,
         args.checkpoint,
         args.input,
         args.out_dir,
-        outputs=OutputOptions(
-            overlay=args.overlay,
-            opacity=args.opacity,
-            save_logits=args.save_logits,
-            force=args.force,
-            on_model_change=args.on_model_change,
-            keep_frames=args.frames,
-        ),
-        loader=LoaderOptions(
-            batch_size=args.batch_size,
-            workers=args.workers,
-            recursive=args.recursive,
-            extensions=args.ext,
-            max_pixels=int(args.max_pixels),
-            scale=args.scale,
-        ),
+        outputs=outputs,
+        loader=loader,
         speed=speed_policy(args, "infer", args.device or default_device()),
-        distributed=DistributedOptions(launcher=args.launcher, timeout=args.dist_timeout),
+        distributed=distributed,
         device=args.device,
         cfg_options=cfg_options,
         progress=not args.no_progress,
     )
+    return _report_rank(summary, info, args.out_dir, threads)
+
+
+def _run_exported(parser, args, outputs, loader, distributed, threads: int) -> dict:
+    """``--backend onnxruntime|openvino MODEL INPUT``: the exported model on the CPU."""
+    if args.input is not None:
+        parser.error(f"--backend {args.backend} takes MODEL.onnx and INPUT, not a config")
+    torch_only = [
+        flag
+        for flag, used in (
+            ("--device", args.device not in (None, "cpu")),
+            ("--cfg-options", bool(args.cfg_options)),
+            ("--compile", getattr(args, "compile", False)),
+            ("--channels-last", getattr(args, "channels_last", None)),
+        )
+        if used
+    ]
+    if torch_only:
+        parser.error(f"{', '.join(torch_only)}: PyTorch options, not for --backend {args.backend}")
+    precision = args.precision or ("auto" if args.fast else "fp32")
+    if precision == "auto":  # the low precision the CPU computes natively, where it is exact
+        precision = "bf16" if args.backend == "openvino" else "fp32"
+    slide = None
+    if args.slide is not None:
+        slide = True
+        if args.slide:
+            window = slide_options(None, args.slide)["+model.test_cfg"]
+            slide = (window["crop_size"], window["stride"])
+    return run_exported(
+        args.backend,
+        args.config,
+        args.checkpoint,
+        args.out_dir,
+        outputs=outputs,
+        loader=loader,
+        distributed=distributed,
+        threads=threads,
+        precision=precision,
+        slide=slide,
+        progress=not args.no_progress,
+    )
+
+
+def _report_rank(summary: dict, info, out_dir: str, threads: int) -> int:
     if info.rank != 0:  # rank 0 reports the merged run; exiting 0 keeps torchrun waiting
         own = summary["rank"]
         print(
@@ -264,7 +329,7 @@ def main(argv=None) -> int:
             f"({threads} thread(s)); rank 0 writes summary.json"
         )
         return 0
-    return report(summary, args.out_dir, f"{threads} thread(s)")
+    return report(summary, out_dir, f"{threads} thread(s)")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ import ann_seg.io.images as images_module
 from ann_seg import inference
 from ann_seg import io as ann_io
 from ann_seg.inference import folder, inputs
+from ann_seg.inference.backends import run_exported
 from ann_seg.inference.journal import JOURNAL_NAME, journal_entries, rebuild_summary
+from ann_seg.inference.onnx_export import export_onnx
 from ann_seg.mmseg.synthetic import render_long_range_sample
 from ann_seg.tools import cli
 
@@ -29,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("single_thread_module")
 
 @pytest.fixture(scope="module")
 def model(tiny):
-    return init_model(*tiny, "cpu")
+    return init_model(*tiny, "cpu")  # the PyTorch reference
 
 
 def write_sample(path, index, size=(64, 128), seed=5):
@@ -47,8 +49,33 @@ def label_of(out, name):
     return ann_io.read_label_png(str(out / "labels" / (name + ".png")))
 
 
-def run(tiny, input_path, out, **options):
-    return inference.run_inference(*tiny, str(input_path), str(out), progress=False, **options)
+class Engine:
+    """One way to run the folder machinery: ``args`` for the CLI (before INPUT) and ``run``
+    for the library."""
+
+    def __init__(self, args, run_folder):
+        self.args, self.run_folder = args, run_folder
+
+    def __iter__(self):  # ``*engine`` in a command line
+        return iter(self.args)
+
+
+@pytest.fixture(scope="module", params=["pytorch", "onnxruntime"])
+def engine(request, tiny, tmp_path_factory):
+    """The tiny model on PyTorch, or exported and run on onnxruntime (``--backend``): every
+    test of this module runs on both."""
+    if request.param == "pytorch":
+        return Engine(list(tiny), lambda *a, **k: inference.run_inference(*tiny, *a, **k))
+    path = str(tmp_path_factory.mktemp("exported") / "tiny.onnx")
+    export_onnx(*tiny, path, shape=(64, 128), dynamic=True)
+    return Engine(
+        ["--backend", "onnxruntime", path],
+        lambda *a, **k: run_exported("onnxruntime", path, *a, threads=1, **k),
+    )
+
+
+def run(engine, input_path, out, **options):
+    return engine.run_folder(str(input_path), str(out), progress=False, **options)
 
 
 def counts(summary):
@@ -66,13 +93,13 @@ def test_output_stem_is_injective_and_local():
     assert inputs.output_stem("_absx/x.png") == "_absx/x.png"
 
 
-def test_names_do_not_depend_on_the_other_images(tmp_path, tiny, model):
+def test_names_do_not_depend_on_the_other_images(tmp_path, engine, model):
     images, out = tmp_path / "in", tmp_path / "out"
     write_sample(images / "a.png", 0)
     write_sample(images / "a_png.png", 1)
-    assert counts(run(tiny, images, out))["processed"] == 2
+    assert counts(run(engine, images, out))["processed"] == 2
     write_sample(images / "a.jpg", 2)  # 0.1 renamed a.png's output to a_png.png's here
-    summary = run(tiny, images, out)
+    summary = run(engine, images, out)
     assert counts(summary) == {
         "images": 3,
         "processed": 1,
@@ -93,14 +120,14 @@ def test_names_do_not_depend_on_the_other_images(tmp_path, tiny, model):
 
 
 @pytest.mark.parametrize("where", ["same", "inside"])
-def test_out_dir_in_the_input_tree_is_never_input(tmp_path, tiny, where, capsys):
+def test_out_dir_in_the_input_tree_is_never_input(tmp_path, engine, where, capsys):
     root = tmp_path / "in"
     names = ["x.png", "y.png", "sub/z.png", "sub/deep/w.png"]
     for index, name in enumerate(names):
         write_sample(root / name, index)
     out = root if where == "same" else root / "sub" / "out"
     infer = load_tool("infer")
-    argv = [*tiny, str(root), "--out-dir", str(out), "--recursive", "--no-progress"]
+    argv = [*engine, str(root), "--out-dir", str(out), "--recursive", "--no-progress"]
     for rerun in (False, True):
         assert infer.main(argv) == 0, capsys.readouterr().err[-2000:]
         summary = json.loads((out / "summary.json").read_text())
@@ -116,7 +143,7 @@ def test_out_dir_in_the_input_tree_is_never_input(tmp_path, tiny, where, capsys)
             assert (out / "labels" / (name + ".png")).is_file()
 
 
-def test_list_file_names_survive_an_outside_path(tmp_path, tiny, model):
+def test_list_file_names_survive_an_outside_path(tmp_path, engine, model):
     data = tmp_path / "data"
     for index in range(2):
         write_sample(data / "a" / f"img{index}.png", index)
@@ -125,9 +152,9 @@ def test_list_file_names_survive_an_outside_path(tmp_path, tiny, model):
     listing = data / "list.txt"
     listing.write_text("a/img0.png\na/img1.png\n")
     out = tmp_path / "out"
-    assert counts(run(tiny, listing, out))["processed"] == 2
+    assert counts(run(engine, listing, out))["processed"] == 2
     listing.write_text(f"a/img0.png\n{outside}\na/img1.png\n")
-    summary = run(tiny, listing, out)
+    summary = run(engine, listing, out)
     assert counts(summary) == {
         "images": 3,
         "processed": 1,
@@ -146,13 +173,13 @@ def test_list_file_names_survive_an_outside_path(tmp_path, tiny, model):
     assert {r["name"] for r in summary["images"]} == {"a/img0.png", "a/img1.png", str(outside)}
 
 
-def test_list_of_missing_paths_is_an_input_error(tmp_path, tiny, capsys):
+def test_list_of_missing_paths_is_an_input_error(tmp_path, engine, capsys):
     listing = tmp_path / "list.txt"
     listing.write_text("gone0.png\ngone1.png\n# comment\ngone2.png\ngone3.png\n")
     with pytest.raises(inference.InferenceInputError, match="none of the 4 paths") as error:
         inference.collect_inputs(str(listing))
     assert str(listing) in str(error.value) and str(tmp_path / "gone0.png") in str(error.value)
-    assert cli.run(load_tool("infer").main, [*tiny, str(listing), "--no-progress"]) == 2
+    assert cli.run(load_tool("infer").main, [*engine, str(listing), "--no-progress"]) == 2
     assert "none of the 4 paths" in capsys.readouterr().err
 
 
@@ -173,13 +200,13 @@ def image_lines(out):
     return [e for e in journal_entries(str(out)) if e["type"] == "image"]
 
 
-def test_sigkill_mid_folder_then_rerun(tmp_path, tiny):
+def test_sigkill_mid_folder_then_rerun(tmp_path, engine):
     images, out = tmp_path / "in", tmp_path / "out"
     names = [f"img{i:02d}.png" for i in range(12)]
     for index, name in enumerate(names):
         write_sample(images / name, index, size=(512, 1024))
     proc = subprocess.Popen(
-        [sys.executable, osp.join(REPO, "tools", "infer.py"), *tiny, str(images)]
+        [sys.executable, osp.join(REPO, "tools", "infer.py"), *engine, str(images)]
         + ["--out-dir", str(out), "--no-progress"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -213,7 +240,7 @@ def test_sigkill_mid_folder_then_rerun(tmp_path, tiny):
         "ignored_lines": 1,
     }
 
-    argv = [*tiny, str(images), "--out-dir", str(out), "--no-progress"]
+    argv = [*engine, str(images), "--out-dir", str(out), "--no-progress"]
     assert load_tool("infer").main(argv) == 0
     entries = image_lines(out)
     done = [e["name"] for e in entries if e["status"] == "done"]
@@ -233,16 +260,16 @@ def test_sigkill_mid_folder_then_rerun(tmp_path, tiny):
     assert skipped == {e["name"] for e in killed}
 
 
-def test_changed_input_is_segmented_again(tmp_path, tiny, model):
+def test_changed_input_is_segmented_again(tmp_path, engine, model):
     images, out = tmp_path / "in", tmp_path / "out"
     write_sample(images / "a.png", 0)
     write_sample(images / "b.png", 1)
-    run(tiny, images, out)
+    run(engine, images, out)
     before = label_of(out, "a.png")
     stat = os.stat(images / "a.png")
     write_sample(images / "a.png", 7)  # new content, same name
     os.utime(images / "a.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    summary = run(tiny, images, out)
+    summary = run(engine, images, out)
     assert {r["name"]: r["status"] for r in summary["images"]} == {
         "a.png": "done",
         "b.png": "skipped",
@@ -273,7 +300,7 @@ class CountingFile:
         return getattr(self.file, name)
 
 
-def test_huge_non_image_is_refused_without_reading_it(tmp_path, tiny, monkeypatch):
+def test_huge_non_image_is_refused_without_reading_it(tmp_path, engine, monkeypatch):
     big = tmp_path / "in" / "big.png"
     big.parent.mkdir()
     with open(big, "wb") as f:
@@ -301,7 +328,7 @@ def test_huge_non_image_is_refused_without_reading_it(tmp_path, tiny, monkeypatc
     assert image.shape == (64, 128, 3) and sum(reads) == os.path.getsize(big.parent / "good.png")
     monkeypatch.undo()
     loader = inference.LoaderOptions(max_pixels=10_000_000)
-    summary = run(tiny, big.parent, tmp_path / "out", loader=loader)
+    summary = run(engine, big.parent, tmp_path / "out", loader=loader)
     assert counts(summary)["processed"] == 1
     assert summary["failures"][0]["name"] == "big.png"
     assert summary["failures"][0]["reason"].startswith("too large: 209715200 bytes")

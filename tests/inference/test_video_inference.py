@@ -121,17 +121,17 @@ def test_an_interrupted_video_resumes_and_ends_byte_identical(tmp_path, tiny, mo
     whole, out = tmp_path / "whole", tmp_path / "out"
     assert infer(tiny, video, whole, "--overlay", "--batch-size", "2") == 0
 
-    write = folder.FolderInference.write
+    record = folder.FolderInference.record  # every finished frame, whole or slide mode
 
-    def write_then_stop(self, item, prediction, seconds):
-        write(self, item, prediction, seconds)
+    def record_then_stop(self, *args, **kwargs):
+        record(self, *args, **kwargs)
         if len(self.records) == 4:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(folder.FolderInference, "write", write_then_stop)
+    monkeypatch.setattr(folder.FolderInference, "record", record_then_stop)
     with pytest.raises(KeyboardInterrupt):
         infer(tiny, video, out, "--overlay", "--batch-size", "2")
-    monkeypatch.setattr(folder.FolderInference, "write", write)
+    monkeypatch.setattr(folder.FolderInference, "record", record)
     assert len(frame_entries(out, "clip.mkv")) == 4
     assert summary_of(out)["counts"]["videos"]["pending"] == 1
     stale = out / "labels" / ".clip.mkv.mkv.x1y2z3.tmp.mkv"  # what a killed writer leaves
