@@ -7,10 +7,10 @@ Examples:
   ann-seg test CONFIG CHECKPOINT --show-dir vis       # painted predictions in <work dir>/vis
   ann-seg test ann_seg::ann/ann_r50-d8_4xb2-40k_cityscapes-512x1024.py CHECKPOINT --tta
   ann-seg test CONFIG CHECKPOINT --fast                # native low precision, folded
-  ann-seg test ann_seg::ann/ann_r101-d8_4xb2-40k_cityscapes-769x769.py \
+  ann-seg test ann_seg::ann/ann_r101-d8_4xb2-40k_cityscapes-769x769.py \\
       ann_r101-d8_769x769_40k_cityscapes --metric cityscapes   # a published model by name
-  ann-seg test CONFIG CHECKPOINT --format-only submission \
-      --cfg-options test_dataloader.dataset.data_prefix.img_path=leftImg8bit/test \
+  ann-seg test CONFIG CHECKPOINT --format-only submission \\
+      --cfg-options test_dataloader.dataset.data_prefix.img_path=leftImg8bit/test \\
       test_dataloader.dataset.data_prefix.seg_map_path=gtFine/test   # submission.zip
 """
 

@@ -282,7 +282,8 @@ def test_peak_memory_is_one_band_not_the_logit_volume():
     band = 19 * 512 * 6000 * 4
     # measured: 304 MB traced (band + a batch of tile logits + temporaries), RSS +313 MB
     assert band <= measured["traced_peak"] < band + 100 * 2**20
-    assert measured["rss_growth"] < band + 200 * 2**20 < full / 6
+    # ru_maxrss is a lifetime peak (imports included): a loose bound, far below the volume
+    assert measured["rss_growth"] < full / 4
 
 
 def test_tiff_rows_in_streamed_png_out_equals_the_whole_image_slide(tmp_path):
