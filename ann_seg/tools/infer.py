@@ -70,12 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "config", nargs="?", help="config file, ann_seg::<dir>/<file>.py or mmseg::..."
+        "config",
+        nargs="?",
+        help="config file, ann_seg::<dir>/<file>.py or mmseg::... (with --backend: MODEL.onnx)",
     )
     parser.add_argument(
         "checkpoint",
         nargs="?",
-        help="checkpoint file, mmseg model-zoo URL or published model name (ann-seg models)",
+        help="checkpoint file, mmseg model-zoo URL or published model name (ann-seg models); "
+        "with --backend: INPUT",
     )
     parser.add_argument(
         "input",
