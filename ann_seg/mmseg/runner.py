@@ -7,6 +7,7 @@ torchrun on CPU-only machines (gloo), where mmengine's own launcher calls
 """
 
 import contextlib
+import gc
 import io
 import logging
 import os
@@ -51,6 +52,15 @@ def end_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def release_runner(runner: Runner) -> None:
+    """Drop ``runner``'s model (a DDP wrapper: its reducer holds gloo work) and collect cycles
+    now, then ``end_process_group``: freed at the interpreter's exit instead, they can abort a
+    rank ("terminate called without an active exception")."""
+    runner.model = None
+    gc.collect()
+    end_process_group()
 
 
 def setup_launcher(cfg: Config, launcher: str = "none") -> Config:
@@ -148,8 +158,10 @@ def train(
         if is_main_process():
             log_training_files(cfg, runner.logger)
         announce(resolved)
-        model = runner.train()
-    end_process_group()
+        trained = runner.train()
+    model = getattr(trained, "module", trained)  # not DDP's wrapper
+    del trained
+    release_runner(runner)
     return model
 
 
@@ -252,7 +264,8 @@ def test(
             apply_inference_speed(model, resolved)
             announce(resolved)
         metrics = runner.test()
-    end_process_group()
+    del model
+    release_runner(runner)
     if show_dir:
         print_log(f"painted predictions: {show_dir}", logger="current")
     if plan is not None and is_main_process():
