@@ -16,7 +16,6 @@ TIFF inputs). NaN or infinite logits fail the image and write nothing.
 import contextlib
 import os
 import os.path as osp
-import tempfile
 import time
 import zipfile
 from typing import Callable, Iterator, List
@@ -25,10 +24,11 @@ import cv2
 import numpy as np
 
 from ann_seg.io import (
+    AtomicFile,
     ImageError,
     Progress,
-    atomic_path,
     atomic_write_bytes,
+    atomic_write_with,
     encode_jpeg,
     render_overlay,
 )
@@ -79,25 +79,26 @@ def _logits_file(path: str, num_classes: int, rows) -> Iterator[np.ndarray]:
     committed atomically to ``path`` (``.npz``: then zipped into it, key ``logits``). The file
     is allocated whole first: a full disk is an ``OSError`` here, not a SIGBUS later."""
     shape = (num_classes, rows.height, rows.width)
-    with contextlib.ExitStack() as stack:
-        if path.endswith(".npy"):
-            npy = stack.enter_context(atomic_path(path))
-        else:
-            os.makedirs(osp.dirname(path), exist_ok=True)
-            fd, npy = tempfile.mkstemp(
-                dir=osp.dirname(path), prefix=f".{osp.basename(path)}.", suffix=".npy.tmp"
-            )
-            os.close(fd)
-            stack.callback(os.remove, npy)
-        logits = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float16, shape=shape)
-        with open(npy, "r+b") as f:  # sparse so far: take the blocks now
+    npz = not path.endswith(".npy")
+    npy = AtomicFile(path, suffix=".npy.tmp" if npz else ".tmp")  # for .npz: a scratch file
+    try:
+        logits = np.lib.format.open_memmap(npy.tmp, mode="w+", dtype=np.float16, shape=shape)
+        with open(npy.tmp, "r+b") as f:  # sparse so far: take the blocks now
             os.posix_fallocate(f.fileno(), 0, logits.offset + logits.nbytes)
         yield logits
         logits.flush()
         del logits
-        if not path.endswith(".npy"):
-            with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-                z.write(npy, "logits.npy")
+        if npz:
+
+            def zip_npy(f) -> None:
+                with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+                    z.write(npy.tmp, "logits.npy")
+
+            atomic_write_with(path, zip_npy)
+        else:
+            npy.commit()
+    finally:
+        npy.discard()  # an error, or the .npz's scratch file
 
 
 def segment_large(runner, index: int, progress: Progress) -> None:

@@ -2,6 +2,7 @@
 model code: numpy, OpenCV, PIL, mmengine's progress bar and, on demand, matplotlib and PyAV)."""
 
 from .atomic import (
+    AtomicFile,
     atomic_path,
     atomic_write_bytes,
     atomic_write_json,
@@ -35,6 +36,7 @@ from .video import (
 )
 
 __all__ = [
+    "AtomicFile",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "ImageError",

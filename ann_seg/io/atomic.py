@@ -19,21 +19,51 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+class AtomicFile:
+    """A hidden temporary file ``tmp`` beside ``path`` (``suffix`` last: some writers choose the
+    format by it) that ``commit`` moves onto ``path`` with the default mode and ``discard``
+    deletes; once either ran, the other does nothing."""
+
+    def __init__(self, path: str, suffix: str = ".tmp"):
+        directory = osp.dirname(osp.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        prefix = f".{osp.basename(path)}."
+        fd, self.tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=suffix)
+        os.close(fd)
+        self.path, self.done = path, False
+
+    def commit(self, sync: bool = True) -> None:
+        """fsync ``tmp`` (unless the writer did: ``sync=False``), then move it onto ``path``."""
+        if self.done:
+            return
+        if sync:
+            fd = os.open(self.tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.chmod(self.tmp, default_file_mode())
+        os.replace(self.tmp, self.path)
+        self.done = True
+
+    def discard(self) -> None:
+        """Delete ``tmp``; ``path`` stays as it was."""
+        if not self.done:
+            self.done = True
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success give it the default mode and move it
     onto ``path`` (``os.replace``), on error delete it. The caller writes (and fsyncs) it."""
-    directory = osp.dirname(osp.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{osp.basename(path)}.", suffix=".tmp")
-    os.close(fd)
+    file = AtomicFile(path)
     try:
-        yield tmp
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
+        yield file.tmp
+        file.commit(sync=False)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        file.discard()
         raise
 
 

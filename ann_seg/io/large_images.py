@@ -17,7 +17,6 @@ deleted by ``abort`` or an exception in a ``with`` block).
 """
 
 import contextlib
-import os
 import queue
 import struct
 import threading
@@ -27,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tifffile
 
-from .atomic import atomic_path
+from .atomic import AtomicFile
 from .images import DEFAULT_MAX_PIXELS, ImageError, read_image
 
 # GeoTIFF / GDAL tags copied into the label TIFF
@@ -271,38 +270,15 @@ def open_rows(path: str, max_pixels: int = DEFAULT_MAX_PIXELS):
     return DecodedRows(image, source)
 
 
-class _AtomicFile:
-    """A temporary file beside ``path`` that ``_commit`` renames onto it (``atomic_path``) and
-    ``_discard`` deletes."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self._context = atomic_path(path)
-        self.tmp = self._context.__enter__()
-        self.done = False
-
-    def _commit(self) -> None:
-        fd = os.open(self.tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self.done = True
-        self._context.__exit__(None, None, None)
-
-    def _discard(self) -> None:
-        if not self.done:
-            self.done = True
-            error = _Aborted()
-            self._context.__exit__(_Aborted, error, None)  # deletes the temporary file
-
-
 class _Aborted(Exception):
     pass
 
 
-class _RowWriter(_AtomicFile):
-    """Rows ``(n, W)`` of class ids arrive top to bottom through ``write_rows(y0, rows)``."""
+class _RowWriter(AtomicFile):
+    """Rows ``(n, W)`` of class ids arrive top to bottom through ``write_rows(y0, rows)``,
+    checked, then encoded by the subclass's ``_add_rows``; ``close`` checks that every row came,
+    lets the subclass ``_finish`` and commits the file. Any error deletes it (``abort``).
+    ``limit`` (set by the subclass): class ids are below it."""
 
     def __init__(self, path: str, height: int, width: int):
         if height < 1 or width < 1:
@@ -310,6 +286,33 @@ class _RowWriter(_AtomicFile):
         super().__init__(path)
         self.height, self.width = height, width
         self.next_row = 0
+
+    def _add_rows(self, rows: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        raise NotImplementedError
+
+    def write_rows(self, y0: int, rows: np.ndarray) -> None:
+        """Rows ``y0 : y0 + n`` of class ids ``(n, W)``, in order."""
+        try:
+            self._check(y0, rows, self.limit)
+            self._add_rows(rows)
+        except BaseException:
+            self.abort()
+            raise
+
+    def close(self) -> None:
+        """Finish the file and rename it onto ``path``; incomplete -> ``ValueError`` (deleted)."""
+        if self.done:
+            return
+        try:
+            self._check_complete()
+            self._finish()
+            self.commit()
+        except BaseException:
+            self.abort()
+            raise
 
     def _check(self, y0: int, rows: np.ndarray, limit: int) -> None:
         if self.done:
@@ -333,7 +336,7 @@ class _RowWriter(_AtomicFile):
 
     def abort(self) -> None:
         """Delete the temporary file; ``path`` is left as it was."""
-        self._discard()
+        self.discard()
 
     def __enter__(self):
         return self
@@ -366,6 +369,7 @@ class PngLabelWriter(_RowWriter):
     ):
         super().__init__(path, height, width)
         self.paletted = len(palette) <= 256
+        self.limit = 256 if self.paletted else 65536
         try:
             self._file = open(self.tmp, "wb")
             if self.paletted:  # IHDR: width, height, bit depth, colour type, compression...
@@ -389,37 +393,22 @@ class PngLabelWriter(_RowWriter):
             self._file.write(_png_chunk(b"IDAT", b"".join(self._pending)))
             self._pending, self._pending_bytes = [], 0
 
-    def write_rows(self, y0: int, rows: np.ndarray) -> None:
-        """Rows ``y0 : y0 + n`` of class ids ``(n, W)``, in order."""
-        try:
-            self._check(y0, rows, 256 if self.paletted else 65536)
-            pixels = rows.astype(np.uint8 if self.paletted else ">u2")
-            # each scanline: filter type 0 (None), then the samples
-            lines = np.zeros((len(rows), 1 + pixels.shape[1] * pixels.itemsize), np.uint8)
-            lines[:, 1:] = pixels.view(np.uint8).reshape(len(rows), -1)
-            data = self._zlib.compress(lines.tobytes())
-            if data:
-                self._pending.append(data)
-                self._pending_bytes += len(data)
-            self._flush()
-        except BaseException:
-            self.abort()
-            raise
+    def _add_rows(self, rows: np.ndarray) -> None:
+        pixels = rows.astype(np.uint8 if self.paletted else ">u2")
+        # each scanline: filter type 0 (None), then the samples
+        lines = np.zeros((len(rows), 1 + pixels.shape[1] * pixels.itemsize), np.uint8)
+        lines[:, 1:] = pixels.view(np.uint8).reshape(len(rows), -1)
+        data = self._zlib.compress(lines.tobytes())
+        if data:
+            self._pending.append(data)
+            self._pending_bytes += len(data)
+        self._flush()
 
-    def close(self) -> None:
-        """Finish the PNG and rename it onto ``path``; incomplete -> ``ValueError`` (deleted)."""
-        if self.done:
-            return
-        try:
-            self._check_complete()
-            self._pending.append(self._zlib.flush())
-            self._flush(final=True)
-            self._file.write(_png_chunk(b"IEND", b""))
-            self._file.close()
-            self._commit()
-        except BaseException:
-            self.abort()
-            raise
+    def _finish(self) -> None:
+        self._pending.append(self._zlib.flush())
+        self._flush(final=True)
+        self._file.write(_png_chunk(b"IEND", b""))
+        self._file.close()
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
@@ -452,6 +441,7 @@ class TiffLabelWriter(_RowWriter):
             raise ValueError(f"TIFF tiles are multiples of 16, got {tile}")
         super().__init__(path, height, width)
         self.dtype = np.dtype(np.uint8 if len(palette) <= 256 else np.uint16)
+        self.limit = 256 if self.dtype == np.uint8 else 65536
         self.tile = tuple(tile)
         self._band = np.zeros((tile[0], width), self.dtype)
         self._band_rows = 0
@@ -515,38 +505,20 @@ class TiffLabelWriter(_RowWriter):
         self._band[:] = 0
         self._band_rows = 0
 
-    def write_rows(self, y0: int, rows: np.ndarray) -> None:
-        """Rows ``y0 : y0 + n`` of class ids ``(n, W)``, in order."""
-        try:
-            self._check(y0, rows, 256 if self.dtype == np.uint8 else 65536)
-            done = 0
-            while done < len(rows):
-                take = min(len(rows) - done, self.tile[0] - self._band_rows)
-                self._band[self._band_rows : self._band_rows + take] = rows[done : done + take]
-                self._band_rows += take
-                done += take
-                if (
-                    self._band_rows == self.tile[0]
-                    or self.next_row - len(rows) + done == self.height
-                ):
-                    self._send_band()
-        except BaseException:
-            self.abort()
-            raise
+    def _add_rows(self, rows: np.ndarray) -> None:
+        done = 0
+        while done < len(rows):
+            take = min(len(rows) - done, self.tile[0] - self._band_rows)
+            self._band[self._band_rows : self._band_rows + take] = rows[done : done + take]
+            self._band_rows += take
+            done += take
+            if self._band_rows == self.tile[0] or self.next_row - len(rows) + done == self.height:
+                self._send_band()
 
-    def close(self) -> None:
-        """Finish the TIFF and rename it onto ``path``; incomplete -> ``ValueError`` (deleted)."""
-        if self.done:
-            return
-        try:
-            self._check_complete()
-            self._thread.join()
-            if self._error is not None:
-                raise OSError(f"{self.path}: TIFF writing failed: {self._error}")
-            self._commit()
-        except BaseException:
-            self.abort()
-            raise
+    def _finish(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise OSError(f"{self.path}: TIFF writing failed: {self._error}")
 
     def abort(self) -> None:
         if self._thread.is_alive():

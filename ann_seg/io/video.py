@@ -19,7 +19,6 @@ import functools
 import os
 import os.path as osp
 import stat
-import tempfile
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Iterator, Optional, Sequence, Tuple
@@ -27,7 +26,7 @@ from typing import Iterator, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from .atomic import default_file_mode
+from .atomic import AtomicFile
 from .encode import render_overlay
 
 VIDEO_EXTENSIONS = (
@@ -314,12 +313,9 @@ class _AtomicVideoWriter:
         self.backend = backend or ("pyav" if have_pyav() else "opencv")
         self.size: Optional[Tuple[int, int]] = None  # (width, height)
         self.frames = 0
-        directory = osp.dirname(osp.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        name, ext = osp.basename(path), osp.splitext(path)[1]
         # the extension last: OpenCV picks the container from it
-        fd, self._tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=f".tmp{ext}")
-        os.close(fd)
+        self._file = AtomicFile(path, suffix=f".tmp{osp.splitext(path)[1]}")
+        self._tmp = self._file.tmp
         self._container = self._stream = self._cv_writer = None
         self._closed = False
 
@@ -396,13 +392,7 @@ class _AtomicVideoWriter:
                 self._container.close()
             else:
                 self._cv_writer.release()
-            fd = os.open(self._tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.chmod(self._tmp, default_file_mode())
-            os.replace(self._tmp, self.path)
+            self._file.commit()
             self._closed = True
         except BaseException:
             self.abort()
@@ -416,8 +406,7 @@ class _AtomicVideoWriter:
                 self._container.close()
         if self._cv_writer is not None:
             self._cv_writer.release()
-        with contextlib.suppress(OSError):
-            os.unlink(self._tmp)
+        self._file.discard()
 
     def __enter__(self):
         return self
