@@ -37,7 +37,7 @@ from .folder import (
     OutputOptions,
     segment_inputs,
 )
-from .predictor import Prediction, SlideWindow, nonfinite_problem
+from .predictor import Prediction, SlideWindow, nonfinite_problem, slide_window
 
 METADATA_KEY = "ann_seg"
 FORMAT_VERSION = 1
@@ -309,9 +309,7 @@ class ExportedPredictor:
         self.num_classes = int(metadata["num_classes"])
         self.channels = int(metadata["output"].get("channels") or self.num_classes)
         test_cfg = metadata["test_cfg"] or {}
-        self.slide = None
-        if test_cfg.get("mode") == "slide":
-            self.slide = (tuple(test_cfg["crop_size"]), tuple(test_cfg["stride"]))
+        self.slide = slide_window(test_cfg)
         self.resize = metadata.get("test_resize")
         self.align_corners = bool(metadata["output"].get("align_corners", False))
         self.threshold = float(metadata["output"].get("threshold") or 0.3)

@@ -50,3 +50,11 @@ def nonfinite_problem(logits: np.ndarray) -> Optional[str]:
         return None
     bad = finite.size - int(finite.sum())
     return f"non-finite logits: {bad} of {finite.size} values are NaN or infinite"
+
+
+def slide_window(test_cfg) -> Optional[SlideWindow]:
+    """``((crop_h, crop_w), (stride_h, stride_w))`` of a ``mode='slide'`` test_cfg, else None."""
+    if not test_cfg or test_cfg.get("mode") != "slide":
+        return None
+    crop, stride = test_cfg["crop_size"], test_cfg["stride"]
+    return (int(crop[0]), int(crop[1])), (int(stride[0]), int(stride[1]))

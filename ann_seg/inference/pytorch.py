@@ -29,7 +29,7 @@ from .folder import (
 )
 from .inputs import ImageTask
 from .pipeline import PreprocessDataset, collate, inference_pipeline, with_no_grad_test_step
-from .predictor import Prediction, SlideWindow
+from .predictor import Prediction, slide_window
 
 
 def nonfinite_logits(result) -> Optional[str]:
@@ -43,14 +43,6 @@ def nonfinite_logits(result) -> Optional[str]:
         return None
     bad = finite.numel() - int(finite.sum())
     return f"non-finite logits: {bad} of {finite.numel()} values are NaN or infinite"
-
-
-def slide_window(test_cfg) -> Optional[SlideWindow]:
-    """``((crop_h, crop_w), (stride_h, stride_w))`` of a ``mode='slide'`` test_cfg, else None."""
-    if not test_cfg or test_cfg.get("mode") != "slide":
-        return None
-    crop, stride = test_cfg["crop_size"], test_cfg["stride"]
-    return (int(crop[0]), int(crop[1])), (int(stride[0]), int(stride[1]))
 
 
 def rank_device(info: RankInfo, requested: Optional[str] = None) -> str:
